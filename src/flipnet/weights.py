@@ -1,0 +1,114 @@
+"""Weights folders: ``config.json`` + fp16 safetensors shards (each under 16 MiB) + model card.
+
+Layout of a folder::
+
+    config.json              the component's dataclass config (rebuilds the architecture)
+    model-00001.safetensors  tensors, fp16 for floating point, split so each file < 16 MiB
+    model.index.json         which tensor lives in which shard (only when sharded)
+    MODEL_CARD.md            data, command, steps, wall time, figures
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flipnet.errors import WeightsError
+from flipnet.io import write_bytes_atomic
+
+SHARD_BYTES = 15 * 1024 * 1024
+
+
+def save_state_dict(folder: str | os.PathLike, state: dict[str, torch.Tensor], *,
+                    prefix: str = "model", half: bool = True,
+                    shard_bytes: int = SHARD_BYTES) -> list[Path]:
+    """Save tensors as fp16 safetensors shards under ``shard_bytes`` each; returns the files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        t = state[key].detach().cpu()
+        if half and t.is_floating_point():
+            t = t.half()
+        t = t.contiguous().clone()
+        nbytes = t.numel() * t.element_size()
+        if nbytes > shard_bytes:
+            raise WeightsError(f"tensor {key} is {nbytes} bytes, larger than one shard")
+        if size + nbytes > shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    files = []
+    for old in folder.glob(f"{prefix}-*.safetensors"):
+        old.unlink()
+    index = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"{prefix}-{i:05d}.safetensors"
+        tmp = folder / f".{name}.tmp"
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, folder / name)
+        files.append(folder / name)
+        index.update({k: name for k in shard})
+    write_bytes_atomic(folder / f"{prefix}.index.json",
+                       json.dumps({"weight_map": index}, indent=1).encode())
+    return files
+
+
+def load_state_dict(folder: str | os.PathLike, *, prefix: str = "model",
+                    dtype: torch.dtype | None = torch.float32) -> dict[str, torch.Tensor]:
+    """Load every shard of a weights folder; floating tensors cast to ``dtype``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"{folder}: weights folder not found")
+    files = sorted(folder.glob(f"{prefix}-*.safetensors"))
+    single = folder / f"{prefix}.safetensors"
+    if single.exists():
+        files.append(single)
+    if not files:
+        raise WeightsError(f"{folder}: no {prefix}*.safetensors files")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            part = load_file(str(f))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise WeightsError(f"{f}: unreadable safetensors file ({e})") from None
+        state.update(part)
+    index = folder / f"{prefix}.index.json"
+    if index.exists():
+        try:
+            expected = set(json.loads(index.read_text())["weight_map"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{index}: invalid index ({e})") from None
+        missing = expected - set(state)
+        if missing:
+            raise WeightsError(f"{folder}: shards are missing tensors, e.g. {sorted(missing)[0]}")
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    return state
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict(strict=True)`` that reports mismatches as a ``WeightsError``."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if bad_shape:
+            k = bad_shape[0]
+            parts.append(f"{len(bad_shape)} of wrong shape (e.g. {k}: file "
+                         f"{tuple(state[k].shape)} vs config {tuple(own[k].shape)})")
+        raise WeightsError(f"{where}: weights do not match the config: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
