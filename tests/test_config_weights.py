@@ -1,0 +1,72 @@
+"""Config JSON and weights folders: round trips and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from flipnet.config import load_config, save_config
+from flipnet.errors import ConfigError, WeightsError
+from flipnet.weights import load_into, load_state_dict, save_state_dict
+
+
+@dataclass(frozen=True)
+class Inner:
+    sigma: tuple[float, float] = (0.1, 10.0)
+    kind: str = "iso"
+
+
+@dataclass(frozen=True)
+class Outer:
+    size: int = 128
+    stages: tuple[Inner, ...] = (Inner(), Inner((1.0, 2.0), "aniso"))
+    extra: dict = field(default_factory=dict)
+    maybe: Inner | None = None
+
+
+def test_config_round_trip(tmp_path):
+    cfg = Outer(size=64, extra={"a": 1}, maybe=Inner((3.0, 4.0)))
+    save_config(cfg, tmp_path / "c.json")
+    back = load_config(Outer, tmp_path / "c.json")
+    assert back == cfg
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"size": 1, "sizee": 2}))
+    with pytest.raises(ConfigError, match="unknown keys.*sizee"):
+        load_config(Outer, p)
+    p.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(Outer, p)
+    save_config(Inner(), p)
+    with pytest.raises(ConfigError, match="holds a Inner config"):
+        load_config(Outer, p)
+
+
+def test_weights_sharded_fp16_round_trip(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.Linear(300, 300))
+    files = save_state_dict(tmp_path, net.state_dict(), shard_bytes=200_000)
+    assert len(files) >= 2 and all(f.stat().st_size < 16 * 2**20 for f in files)
+    state = load_state_dict(tmp_path)
+    assert all(v.dtype == torch.float32 for v in state.values())
+    fresh = torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.Linear(300, 300))
+    load_into(fresh, state, str(tmp_path))
+    for a, b in zip(net.parameters(), fresh.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # fp16 storage
+
+
+def test_weights_errors(tmp_path):
+    net = torch.nn.Linear(4, 4)
+    save_state_dict(tmp_path, net.state_dict())
+    with pytest.raises(WeightsError, match="do not match"):
+        load_into(torch.nn.Linear(4, 5), load_state_dict(tmp_path), "w")
+    f = next(tmp_path.glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:40])  # truncated
+    with pytest.raises(WeightsError, match="unreadable"):
+        load_state_dict(tmp_path)
+    with pytest.raises(WeightsError, match="not found"):
+        load_state_dict(tmp_path / "nope")
