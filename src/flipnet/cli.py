@@ -1,0 +1,181 @@
+"""The ``flipnet`` command: prepare | degrade | restore | train | sample | eval | bench | demo.
+
+Every failure flipnet anticipates (a bad file, missing weights, a bad option) is printed as one
+``error:`` line with exit status 2; no traceback. Heavy modules are imported inside commands so
+``flipnet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from flipnet.cli_options import config_options, print_config, resolve_config
+from flipnet.errors import FlipnetError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="flipnet")
+def cli() -> None:
+    """flipnet: blind face restoration with diffusion priors (FLIPNET, unsupervised fine-tuning)."""
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.option("--size", default=128, help="Crop size in pixels (64 to 1024).")
+@click.option("--template", type=click.Choice(["flipnet", "ffhq"]), default="flipnet",
+              help="5-point template: flipnet (derived from UTKFace) or ffhq (public checkpoints).")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", help="dlib detector.")
+@click.option("--min-sharpness", type=float, default=None,
+              help="Drop crops below this sharpness (variance of Laplacian); 0 keeps all. "
+                   "[default: the documented UTKFace-derived threshold]")
+@click.option("--pad", type=float, default=0.0,
+              help="Border (fraction of the long side) added before detection; ~0.25 for tight "
+                   "crops such as UTKFace.")
+@click.option("--limit", type=int, default=None, help="Process only the first N files.")
+@click.option("--workers", type=int, default=1, help="Worker processes.")
+def prepare(src, dst, size, template, detector, min_sharpness, pad, limit, workers) -> None:
+    """Turn a folder of raw photos into aligned face crops for training and testing."""
+    from flipnet.pipelines.prepare import DEFAULT_MIN_SHARPNESS, prepare_folder
+
+    report = prepare_folder(src, dst, size=size, template=template, detector=detector,
+                            min_sharpness=DEFAULT_MIN_SHARPNESS if min_sharpness is None
+                            else min_sharpness, pad=pad, limit=limit, workers=workers)
+    click.echo(report.summary() if hasattr(report, "summary") else report)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.option("--method", type=click.Choice(["naive", "flipnet"]), default="naive",
+              help="naive = the synthetic pipeline (--preset); flipnet = learned degradation mode.")
+@config_options(__import__("flipnet.pipelines.degrade", fromlist=["DegradeConfig"]).DegradeConfig)
+def degrade(src, dst, method, dry_run, **kwargs) -> None:
+    """Turn HQ faces into LQ faces and write the sampled parameters as params.json."""
+    from flipnet.pipelines.degrade import DegradeConfig, degrade_folder
+
+    cfg = resolve_config(DegradeConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    if method == "flipnet":
+        raise FlipnetError("--method flipnet needs trained FLIPNET weights, which are not "
+                           "shipped yet (see issue: FLIPNET)")
+    report = degrade_folder(src, dst, preset=cfg.preset, seed=cfg.seed, size=cfg.size,
+                            batch_size=cfg.batch_size, progress=cfg.progress)
+    click.echo(report.summary() if hasattr(report, "summary") else report)
+
+
+@cli.command(name="eval")
+@config_options(__import__("flipnet.pipelines.evaluate", fromlist=["EvalConfig"]).EvalConfig)
+def eval_(dry_run, **kwargs) -> None:
+    """Score restored faces: no-reference, full-reference (--gt) and distribution (--ref)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flipnet.pipelines.evaluate import EvalConfig, evaluate_folders, format_value
+
+    cfg = resolve_config(EvalConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    if not cfg.pred:
+        raise click.UsageError("--pred is required")
+    result = evaluate_folders(cfg)
+    table = Table(title=f"{cfg.pred} ({result['count']} images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result["metrics"].items():
+        table.add_row(k, format_value(v))
+    Console().print(table)
+    if not cfg.out:
+        click.echo(json.dumps(result["metrics"]))
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", type=click.Path(), required=True, help="Output folder.")
+@click.option("--method", default="restorer",
+              type=click.Choice(["restorer", "finetuned", "prior", "bicubic", "input"]),
+              help="Restoration method.")
+@click.option("--weights", default=None, help="Weights folder (default: the shipped one).")
+@click.option("--upscale", default=1.0, help="Upscale the whole photo (background: Lanczos).")
+@click.option("--aligned", is_flag=True, help="Inputs are already aligned face crops.")
+@click.option("--only-center-face", is_flag=True, help="Restore only the face nearest the centre.")
+@click.option("--fidelity", default=0.5, help="0 = more detail ... 1 = more faithful to the input "
+              "(diffusion methods; ignored by the feed-forward restorer).")
+@click.option("--steps", default=50, help="Sampling steps (diffusion methods).")
+@click.option("--seed", default=0, help="Seed (diffusion methods).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+              help="Device.")
+@click.option("--batch-size", default=16, help="Faces per forward pass.")
+@click.option("--ext", default="auto", help="Output extension: auto (same as input), png, jpg...")
+@click.option("--detector", default="hog", type=click.Choice(["hog", "cnn"]), help="Face detector.")
+def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fidelity, steps, seed,
+            device, batch_size, ext, detector) -> None:
+    """Restore the faces in photos (files or folders) into GFPGAN's output layout."""
+    from flipnet.io import list_images
+    from flipnet.pipelines.methods import make_method
+    from flipnet.pipelines.restore import restore_files
+
+    files = [f for src in inputs for f in list_images(src)]
+    if not files:
+        raise FlipnetError(f"no images found in {', '.join(inputs)}")
+    m = make_method(method, weights, device=device, batch_size=batch_size, steps=steps,
+                    seed=seed, fidelity=fidelity)
+    settings = {"method": method, "weights": weights, "upscale": upscale, "aligned": aligned,
+                "only_center_face": only_center_face, "fidelity": fidelity, "steps": steps,
+                "seed": seed, "device": device, "batch_size": batch_size, "detector": detector}
+    report = restore_files(files, Path(out), m, ext=ext, settings=settings, upscale=upscale,
+                           aligned=aligned, only_center_face=only_center_face, detector=detector)
+    faces = sum(v.get("faces", 0) for v in report["images"].values())
+    click.echo(f"{report['done']} images, {faces} faces restored, {len(report['skipped_files'])} "
+               f"skipped, {report['seconds']} s -> {out}")
+    for path, why in report["skipped_files"].items():
+        click.echo(f"  skipped {path}: {why}")
+
+
+@cli.command()
+@click.option("--input", "input_path", type=click.Path(exists=True), default=None,
+              help="A photo with faces. [default: scikit-image's astronaut photo]")
+@click.option("--out", type=click.Path(), default="demo-output", help="Output folder.")
+@click.option("--seed", default=0, help="Seed of the synthetic degradation.")
+def demo(input_path, out, seed) -> None:
+    """The main job on shipped weights: degrade a real photo's face, restore it, paste it back."""
+    from flipnet.pipelines.demo import run_demo
+
+    report = run_demo(input_path, Path(out), seed=seed)
+    click.echo(report)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning flipnet errors into one-line messages."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except FlipnetError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

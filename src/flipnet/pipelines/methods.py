@@ -1,0 +1,145 @@
+"""Restoration methods as ``FaceMethod`` objects, built by name from a plain dict of factories.
+
+``restorer``  the fast feed-forward restorer (one forward pass; weights/restorer-128)
+``finetuned`` the same network after unsupervised fine-tuning (weights/restorer-128-finetuned)
+``prior``     DifFace-style restoration with the unconditional prior alone: diffuse the input to
+              an intermediate step and sample back with low-pass guidance (weights/prior-64)
+``bicubic``   baseline: down x4 and bicubic back up (what a plain upscaler gives)
+``input``     baseline: the input itself
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from flipnet.errors import WeightsError
+from flipnet.io import to_tensor, to_uint8
+
+WEIGHTS_DIR = Path(os.environ.get("FLIPNET_WEIGHTS", Path(__file__).resolve().parents[3] / "weights"))
+DEFAULT_WEIGHTS = {"restorer": "restorer-128", "finetuned": "restorer-128-finetuned",
+                   "prior": "prior-64"}
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> Path:
+    """A weights folder from a path, or a shipped name under ``weights/`` (or $FLIPNET_WEIGHTS)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    q = WEIGHTS_DIR / str(name_or_path)
+    if q.exists():
+        return q
+    raise WeightsError(f"{name_or_path}: no such weights folder (looked in {WEIGHTS_DIR})")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; anything else as given."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+@dataclass
+class InputMethod:
+    """Baseline that returns its input."""
+
+    name: str = "input"
+    size: int = 128
+    template: str = "flipnet"
+
+    def restore(self, crops: np.ndarray) -> np.ndarray:
+        """Identity."""
+        return np.array(crops, copy=True)
+
+
+@dataclass
+class BicubicMethod:
+    """Baseline: down-sample by ``factor`` (area) and bicubic back up."""
+
+    name: str = "bicubic"
+    size: int = 128
+    template: str = "flipnet"
+    factor: int = 4
+
+    def restore(self, crops: np.ndarray) -> np.ndarray:
+        """Area down, bicubic up."""
+        s = self.size // self.factor
+        return np.stack([cv2.resize(cv2.resize(c, (s, s), interpolation=cv2.INTER_AREA),
+                                    (c.shape[1], c.shape[0]), interpolation=cv2.INTER_CUBIC)
+                         for c in crops])
+
+
+class RestorerMethod:
+    """The feed-forward restorer: one forward pass per batch of crops."""
+
+    template = "flipnet"
+
+    def __init__(self, folder: Path, *, name: str = "restorer", device: str = "auto",
+                 batch_size: int = 16, **_unused):
+        from flipnet.models.restorer import load_restorer
+
+        self.name = name
+        self.device = pick_device(device)
+        self.model, self.cfg = load_restorer(folder, device=self.device)
+        self.model.eval()
+        self.size = int(getattr(self.cfg, "image_size", 128))
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def restore(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> restored uint8, in batches."""
+        out = []
+        for i in range(0, len(crops), self.batch_size):
+            x = to_tensor(np.asarray(crops[i:i + self.batch_size])).to(self.device)
+            out.append(to_uint8(self.model(x)))
+        return np.concatenate(out)
+
+
+def _restorer(weights, **kw):
+    return RestorerMethod(resolve_weights(weights or DEFAULT_WEIGHTS["restorer"]), **kw)
+
+
+def _finetuned(weights, **kw):
+    return RestorerMethod(resolve_weights(weights or DEFAULT_WEIGHTS["finetuned"]),
+                          name="finetuned", **kw)
+
+
+def _prior(weights, **kw):
+    from flipnet.pipelines.prior_restore import PriorMethod
+
+    return PriorMethod(resolve_weights(weights or DEFAULT_WEIGHTS["prior"]), **kw)
+
+
+METHODS = {
+    "restorer": _restorer,
+    "finetuned": _finetuned,
+    "prior": _prior,
+    "bicubic": lambda weights, **kw: BicubicMethod(),
+    "input": lambda weights, **kw: InputMethod(),
+}
+
+
+def make_method(name: str, weights: str | None = None, **kwargs):
+    """Build a restoration method by name (see ``METHODS``); kwargs go to its constructor."""
+    if name not in METHODS:
+        raise WeightsError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name](weights, **kwargs)
+
+
+def available_methods() -> list[str]:
+    """Methods whose default weights are present (baselines always are)."""
+    out = []
+    for name in METHODS:
+        w = DEFAULT_WEIGHTS.get(name)
+        if w is None or (WEIGHTS_DIR / w).exists():
+            out.append(name)
+    return out
