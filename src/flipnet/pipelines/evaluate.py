@@ -62,6 +62,21 @@ def read_folder(folder: str, *, limit: int = 0, log: BatchLog | None = None) -> 
     return out
 
 
+NR_MIN_SIDE = 192  # NIQE needs at least two 96-px blocks
+
+
+def for_no_reference(rgb: np.ndarray) -> np.ndarray:
+    """Crops under 192 px are bicubic-upscaled x2 (128 -> 256) before NIQE / BRISQUE, since
+    NIQE's 96-px blocks do not fit twice in a 128-px face. Every method is scored the same way."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if min(h, w) >= NR_MIN_SIDE:
+        return rgb
+    f = int(np.ceil(NR_MIN_SIDE / min(h, w)))
+    return cv2.resize(rgb, (w * f, h * f), interpolation=cv2.INTER_CUBIC)
+
+
 def _mean(values) -> float:
     arr = np.asarray(values, np.float64)
     arr = arr[np.isfinite(arr)]
@@ -78,8 +93,9 @@ def evaluate_folders(cfg: EvalConfig, *, progress: bool = True) -> dict:
     names = sorted(pred)
     result: dict = {"pred": cfg.pred, "count": len(names), "metrics": {}}
     m = result["metrics"]
-    m["niqe"] = _mean(niqe([pred[n] for n in names]))
-    m["brisque"] = _mean(brisque([pred[n] for n in names]))
+    nr_images = [for_no_reference(pred[n]) for n in names]
+    m["niqe"] = _mean(niqe(nr_images))
+    m["brisque"] = _mean(brisque(nr_images))
 
     if cfg.gt:
         m.update(_full_reference(cfg, pred, read_folder(cfg.gt, log=log), result, progress))

@@ -1,0 +1,63 @@
+"""The flipnet command: sub-commands, one-line errors (exit 2, no traceback), dry runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from flipnet.io import save_image
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "flipnet.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("prepare", "degrade", "restore", "eval", "demo"):
+        assert cmd in r.stdout
+
+
+def test_bad_weights_is_one_line_error(tmp_path, astronaut):
+    save_image(tmp_path / "a.png", astronaut)
+    r = run("restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--method",
+            "restorer", "--weights", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and "missing" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_degrade_dry_run_and_config_file(tmp_path):
+    r = run("degrade", "--preset", "codeformer", "--seed", "7", "--dry-run", str(tmp_path),
+            str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["preset"] == "codeformer" and cfg["seed"] == 7
+    (tmp_path / "c.json").write_text(json.dumps({"preset": "difface", "seed": 3}))
+    r = run("degrade", "--config", str(tmp_path / "c.json"), "--seed", "4", "--dry-run",
+            str(tmp_path), str(tmp_path / "o"))
+    cfg = json.loads(r.stdout)
+    assert cfg["preset"] == "difface" and cfg["seed"] == 4
+
+
+def test_eval_gt_and_bad_pairs(tmp_path, astronaut):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        crop = astronaut[i * 10:i * 10 + 128, 150:278]
+        save_image(tmp_path / "gt" / f"f{i}.png", crop)
+        noisy = np.clip(crop + rng.normal(0, 8, crop.shape), 0, 255).astype(np.uint8)
+        save_image(tmp_path / "pred" / f"f{i}.png", noisy)
+    r = run("eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+            "--no-identity", "--out", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert 25 < m["psnr"] < 40 and 0 < m["ssim"] < 1 and m["lpips"] == "unavailable"
+    save_image(tmp_path / "pred" / "f0.png", astronaut[:64, :64])
+    r = run("eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+            "--no-identity")
+    assert r.returncode == 2 and "f0" in r.stderr and "differs" in r.stderr
