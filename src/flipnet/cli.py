@@ -140,6 +140,20 @@ def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fi
 
 
 @cli.command()
+@config_options(__import__("flipnet.pipelines.bench", fromlist=["BenchConfig"]).BenchConfig)
+def bench(dry_run, **kwargs) -> None:
+    """Build the standard test sets, run every available method, regenerate docs/BENCHMARKS.md."""
+    from flipnet.pipelines.bench import BenchConfig, run_bench
+
+    cfg = resolve_config(BenchConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    results = run_bench(cfg)
+    click.echo(f"bench: {len(results['methods'])} methods x {len(results['sets'])} sets in "
+               f"{results['seconds'] / 60:.1f} min -> {cfg.docs}/BENCHMARKS.md")
+
+
+@cli.command()
 @click.option("--input", "input_path", type=click.Path(exists=True), default=None,
               help="A photo with faces. [default: scikit-image's astronaut photo]")
 @click.option("--out", type=click.Path(), default="demo-output", help="Output folder.")

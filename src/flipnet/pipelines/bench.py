@@ -1,0 +1,240 @@
+"""``flipnet bench``: build the standard test sets, run every available method, write the tables.
+
+Sets (fixed seeds, faces never used in training; see ``flipnet.splits``):
+  * synthetic: UTKFace test split (aligned 128 px) x presets ``gfpgan``, ``codeformer``, ``raw``;
+  * real: LFW people I-L (aligned 128 px), no ground truth.
+Methods: every one whose weights are present (``flipnet.pipelines.methods``).
+Outputs: ``docs/BENCHMARKS.md`` (the block between the bench markers), ``docs/bench/results.json``
+and PNG plots (metric bars, quality vs speed, a before/after grid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flipnet.io import list_images, load_image, save_image, write_bytes_atomic
+from flipnet.splits import in_split, utkface_labels
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PRESETS = ("gfpgan", "codeformer", "raw")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``flipnet bench`` builds and measures."""
+
+    utkface: str = field(default="out/prepared/utkface-128", metadata={
+        "help": "Aligned UTKFace crops (flipnet prepare output); its test split is used."})
+    lfw: str = field(default="out/prepared/lfw-128", metadata={
+        "help": "Aligned LFW crops; people I-L are the real test set."})
+    work: str = field(default="out/bench", metadata={"help": "Folder for sets and predictions."})
+    docs: str = field(default="docs", metadata={"help": "Where BENCHMARKS.md and plots go."})
+    n: int = field(default=60, metadata={"help": "Faces per set (reduced default)."})
+    n_ref: int = field(default=200, metadata={"help": "Real HQ faces for distribution metrics."})
+    full: bool = field(default=False, metadata={"help": "Use every test face (n=1000, n_ref=all)."})
+    methods: str = field(default="", metadata={"help": "Comma list (default: all available)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the degradations."})
+    speed: bool = field(default=True, metadata={"help": "Measure faces/s at batch 1 and 32."})
+
+
+def build_sets(cfg: BenchConfig) -> dict[str, dict]:
+    """Make (or reuse) the test sets: ``{name: {"lq": dir, "gt": dir|None, "names": [...]}}``."""
+    import torch
+
+    from flipnet.degradations.pipeline import degrade_images
+    from flipnet.degradations.presets import get_preset, rescale_blur
+    from flipnet.io import to_tensor, to_uint8
+
+    n = 1000 if cfg.full else cfg.n
+    work = Path(cfg.work) / "sets"
+    utk = in_split(list_images(cfg.utkface), "test")
+    if len(utk) < n + 10:
+        raise FileNotFoundError(f"{cfg.utkface}: only {len(utk)} test-split faces")
+    order = np.random.default_rng(cfg.seed).permutation(len(utk))
+    utk = [utk[i] for i in order]
+    gt_paths = sorted(utk[:n])
+    ref_paths = sorted(utk[n:] if cfg.full else utk[n:n + cfg.n_ref])
+    hq = np.stack([load_image(p).rgb for p in gt_paths])
+    names = [p.stem for p in gt_paths]
+    sets = {}
+    for preset in PRESETS:
+        lq_dir, gt_dir = work / preset / "lq", work / preset / "gt"
+        if not (lq_dir.is_dir() and len(list_images(lq_dir)) == n):
+            pcfg = rescale_blur(get_preset(preset), hq.shape[1])
+            with torch.no_grad():
+                lq, params = degrade_images(to_tensor(hq), pcfg, seed=cfg.seed)
+            for name, a, b in zip(names, to_uint8(lq), hq):
+                save_image(lq_dir / f"{name}.png", a)
+                save_image(gt_dir / f"{name}.png", b)
+            write_bytes_atomic(work / preset / "params.json",
+                               json.dumps(params, default=str).encode())
+        sets[preset] = {"lq": lq_dir, "gt": gt_dir, "names": names}
+    lfw = in_split(list_images(cfg.lfw), "test")
+    rng = np.random.default_rng(cfg.seed)
+    lfw = [lfw[i] for i in sorted(rng.choice(len(lfw), min(n, len(lfw)), replace=False))]
+    sets["lfw-real"] = {"lq": None, "gt": None, "paths": lfw,
+                        "names": [f"{p.parent.name}__{p.stem}" for p in lfw]}
+    sets["_ref"] = {"paths": ref_paths}
+    return sets
+
+
+def _images(d: dict) -> list[np.ndarray]:
+    if d.get("paths") is not None:
+        return [load_image(p).rgb for p in d["paths"]]
+    return [load_image(Path(d["lq"]) / f"{n}.png").rgb for n in d["names"]]
+
+
+def _identity(emb, a, b) -> float | None:
+    from flipnet.errors import NoFaceError
+    from flipnet.metrics.identity import cosine_similarity
+
+    try:
+        return float(cosine_similarity(emb.embed(a), emb.embed(b))[0])
+    except NoFaceError:
+        return None
+
+
+def score(pred: list, lq: list, gt: list | None, ref: list, emb) -> dict:
+    """All metrics of one method on one set (JSON-ready)."""
+    from flipnet.metrics.brisque import brisque
+    from flipnet.metrics.frechet import frechet_distance_images
+    from flipnet.metrics.niqe import niqe
+    from flipnet.metrics.psnr_ssim import psnr, ssim
+    from flipnet.pipelines.evaluate import _mean, for_no_reference
+
+    nr = [for_no_reference(p) for p in pred]
+    out = {"niqe": _mean(niqe(nr)), "brisque": _mean(brisque(nr)),
+           "fd_lowlevel": frechet_distance_images(pred, ref, "lowlevel", progress=False)}
+    target = gt if gt is not None else lq  # real LQ: identity kept from input to output
+    ids = [_identity(emb, p, t) for p, t in zip(pred, target)]
+    out["identity_cos"] = _mean([v for v in ids if v is not None])
+    out["identity_per_image"] = ids
+    if gt is not None:
+        out["psnr"] = _mean([psnr(p, g) for p, g in zip(pred, gt)])
+        out["ssim"] = _mean([ssim(p, g) for p, g in zip(pred, gt)])
+    return out
+
+
+def speed(method, size: int = 128) -> dict:
+    """Faces per second at batch 1 and 32, and peak memory (CUDA, else process RSS growth)."""
+    import torch
+
+    out = {}
+    for bs in (1, 32):
+        x = np.random.default_rng(0).integers(0, 255, (bs, size, size, 3), dtype=np.uint8)
+        method.restore(x[:1])  # warm-up
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        rss0 = _rss_peak_reset()
+        reps = 3 if bs == 1 else 1
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            method.restore(x)
+        dt = (time.perf_counter() - t0) / reps
+        mem = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+               else max(0, _rss_peak() - rss0))
+        out[f"faces_per_s_b{bs}"] = bs / dt
+        out[f"peak_mb_b{bs}"] = mem / 2**20
+    return out
+
+
+def _rss_peak_reset() -> int:
+    try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _rss_peak()
+
+
+def _rss_peak() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def per_group(ids: list, names: list[str]) -> dict:
+    """Mean identity similarity per UTKFace age band, gender and race."""
+    groups: dict[str, list] = {}
+    for v, n in zip(ids, names):
+        lab = utkface_labels(n)
+        if v is None or lab is None:
+            continue
+        band = "0-14" if lab["age"] < 15 else "15-39" if lab["age"] < 40 else \
+            "40-64" if lab["age"] < 65 else "65+"
+        for key in (f"age {band}", f"gender {lab['gender']}", f"race {lab['race']}"):
+            groups.setdefault(key, []).append(v)
+    return {k: {"mean_cos": float(np.mean(v)), "n": len(v)} for k, v in sorted(groups.items())}
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
+    """Build sets, run methods, score, plot, and rewrite the generated block of BENCHMARKS.md."""
+    from rich.progress import Progress
+
+    from flipnet.faces.identity import IdentityEmbedder
+    from flipnet.pipelines.methods import available_methods, make_method
+
+    t_start = time.perf_counter()
+    sets = build_sets(cfg)
+    ref = [load_image(p).rgb for p in sets.pop("_ref")["paths"]]
+    names = [m for m in (cfg.methods.split(",") if cfg.methods else available_methods()) if m]
+    emb = IdentityEmbedder(aligned=True)
+    results: dict = {"config": asdict(cfg), "methods": {}, "sets": list(sets)}
+    grid_rows = []
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("bench", total=len(names) * len(sets))
+        for mname in names:
+            method = make_method(mname, device="cpu")
+            res = results["methods"][mname] = {"sets": {}}
+            for sname, s in sets.items():
+                lq = _images(s)
+                gt = [load_image(Path(s["gt"]) / f"{n}.png").rgb for n in s["names"]] \
+                    if s["gt"] else None
+                t0 = time.perf_counter()
+                pred = list(method.restore(np.stack(lq)))
+                sec = time.perf_counter() - t0
+                pdir = Path(cfg.work) / "pred" / mname / sname
+                for n, p in zip(s["names"], pred):
+                    save_image(pdir / f"{n}.png", p)
+                r = score(pred, lq, gt, ref, emb)
+                r["seconds_per_face"] = sec / len(pred)
+                if sname == "codeformer":
+                    r["identity_by_group"] = per_group(r["identity_per_image"], s["names"])
+                    grid_rows.append((mname, pred[:6], lq[:6], gt[:6]))
+                res["sets"][sname] = r
+                bar.advance(task)
+            if cfg.speed:
+                res["speed"] = speed(method)
+    results["seconds"] = time.perf_counter() - t_start
+    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    docs = Path(cfg.docs)
+    from flipnet.pipelines.bench_report import plot_all, render_markdown
+
+    plot_all(results, grid_rows, docs / "bench")
+    for m in results["methods"].values():
+        for r in m["sets"].values():
+            r.pop("identity_per_image", None)
+    write_bytes_atomic(docs / "bench" / "results.json", json.dumps(results, indent=1).encode())
+    _splice(docs / "BENCHMARKS.md", render_markdown(results))
+    return results
+
+
+def _splice(path: Path, block: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{START}\n{block}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    write_bytes_atomic(path, text.encode())
