@@ -66,7 +66,12 @@ def degrade(src, dst, method, dry_run, **kwargs) -> None:
     if method == "flipnet":
         raise FlipnetError("--method flipnet needs trained FLIPNET weights, which are not "
                            "shipped yet (see issue: FLIPNET)")
-    report = degrade_folder(src, dst, preset=cfg.preset, seed=cfg.seed, size=cfg.size,
+    from flipnet.degradations.presets import get_preset, rescale_blur
+
+    # the published ranges are for 512 px faces: shrink the blur with the face size
+    preset = rescale_blur(get_preset(cfg.preset), cfg.size) if cfg.size and cfg.size < 512 \
+        else cfg.preset
+    report = degrade_folder(src, dst, preset=preset, seed=cfg.seed, size=cfg.size,
                             batch_size=cfg.batch_size, progress=cfg.progress)
     click.echo(report.summary() if hasattr(report, "summary") else report)
 

@@ -224,7 +224,8 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
         raise ValueError(f"to_tensor expects uint8, got {arr.dtype}")
     if arr.ndim == 3:
         arr = arr[None]
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
+    arr = np.ascontiguousarray(arr) if arr.flags.writeable else np.array(arr)
+    t = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
     return t / 127.5 - 1.0
 
 
