@@ -1,0 +1,110 @@
+"""The Python API: ``Restorer`` for photos and faces, ``Degrader`` for synthetic LQ faces.
+
+    from flipnet import Restorer, Degrader
+    r = Restorer.load("restorer")          # a method name, or a weights folder path
+    result = r.restore(photo)              # numpy uint8 RGB or PIL image in, same type out
+    result.image, result.faces[0].box
+    lq, params = Degrader("codeformer", seed=0).degrade(face)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flipnet.io import to_tensor, to_uint8
+
+
+def _to_array(image) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """numpy uint8 RGB or PIL image -> (rgb, was_pil, alpha)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        alpha = np.asarray(image.getchannel("A")) if image.mode in ("RGBA", "LA") else None
+        return np.asarray(image.convert("RGB")), True, alpha
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected uint8 (H, W, 3|4) RGB(A), got {arr.dtype} {arr.shape}")
+    if arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[:, :, :3]), False, arr[:, :, 3]
+    return arr, False, None
+
+
+def _from_array(rgb: np.ndarray, as_pil: bool, alpha: np.ndarray | None):
+    if not as_pil:
+        return rgb if alpha is None else np.dstack([rgb, alpha])
+    from PIL import Image
+
+    return Image.fromarray(rgb if alpha is None else np.dstack([rgb, alpha]))
+
+
+@dataclass
+class Result:
+    """A restored image (same type as the input) and its faces (boxes, landmarks, crops)."""
+
+    image: object
+    faces: list
+
+
+class Restorer:
+    """Restore every face of a photo (or an aligned crop) with one restoration method."""
+
+    def __init__(self, method, *, upscale: float = 1.0, aligned: bool = False,
+                 only_center_face: bool = False):
+        self.method = method
+        self.upscale, self.aligned, self.only_center_face = upscale, aligned, only_center_face
+
+    @classmethod
+    def load(cls, name_or_path: str = "restorer", *, device: str = "auto", method: str | None = None,
+             **options) -> "Restorer":
+        """A method by name (restorer, finetuned, prior, bicubic) or a restorer weights folder."""
+        from flipnet.pipelines.methods import METHODS, make_method
+
+        if method is None:
+            method, weights = (name_or_path, None) if name_or_path in METHODS else \
+                ("restorer", name_or_path)
+        else:
+            weights = name_or_path
+        keys = ("upscale", "aligned", "only_center_face")
+        photo = {k: options.pop(k) for k in keys if k in options}
+        return cls(make_method(method, weights, device=device, **options), **photo)
+
+    def restore(self, image) -> Result:
+        """Restore one photo: numpy uint8 RGB(A) or PIL in, the same type out."""
+        from flipnet.pipelines.restore import restore_photo
+
+        rgb, as_pil, alpha = _to_array(image)
+        res = restore_photo(rgb, self.method, aligned=self.aligned, upscale=self.upscale,
+                            only_center_face=self.only_center_face, alpha=alpha)
+        return Result(image=_from_array(res.image, as_pil, res.alpha), faces=res.faces)
+
+    def restore_batch(self, images) -> list[Result]:
+        """Restore several photos."""
+        return [self.restore(im) for im in images]
+
+
+class Degrader:
+    """Synthetic degradation with a named preset (gfpgan, codeformer, difface, raw)."""
+
+    def __init__(self, preset: str = "gfpgan", *, seed: int = 0, face_size: int | None = None):
+        from flipnet.degradations.presets import get_preset, rescale_blur
+
+        cfg = get_preset(preset)
+        self.cfg = rescale_blur(cfg, face_size) if face_size and face_size < 512 else cfg
+        self.seed = seed
+        self._count = 0
+
+    def degrade(self, image):
+        """Degrade one image; returns (LQ of the same type, the sampled parameters)."""
+        import torch
+
+        from flipnet.degradations.pipeline import degrade_images
+
+        rgb, as_pil, alpha = _to_array(image)
+        with torch.no_grad():
+            lq, params = degrade_images(to_tensor(rgb), self.cfg, seed=self.seed + self._count)
+        self._count += 1
+        return _from_array(to_uint8(lq)[0], as_pil, alpha), params[0]
