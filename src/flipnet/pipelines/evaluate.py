@@ -29,7 +29,7 @@ class EvalConfig:
     pred: str = field(default="", metadata={"help": "Folder of restored (predicted) faces."})
     gt: str = field(default="", metadata={"help": "Folder of ground-truth faces (full-reference)."})
     ref: str = field(default="", metadata={"help": "Folder of real HQ faces (distribution metrics)."})
-    out: str = field(default="", metadata={"help": "JSON file for the results (default: print)."})
+    out: str = field(default="eval.json", metadata={"help": "JSON file for the results."})
     aligned: bool = field(default=True, metadata={"help": "Inputs are aligned face crops."})
     identity: bool = field(default=True, metadata={"help": "Identity similarity and LMD (dlib)."})
     lpips_net: str = field(default="alex", metadata={"help": "LPIPS backbone: alex or vgg."})
