@@ -144,6 +144,58 @@ def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fi
         click.echo(f"  skipped {path}: {why}")
 
 
+@cli.group()
+def train() -> None:
+    """Train a component (Accelerate: CPU, one GPU, or `accelerate launch` for many)."""
+
+
+@train.command(name="prior")
+@config_options(__import__("flipnet.training.prior", fromlist=["PriorTrainConfig"]).PriorTrainConfig)
+def train_prior_cmd(dry_run, **kwargs) -> None:
+    """Train the unconditional face diffusion prior; exports EMA weights + model card."""
+    from flipnet.training.prior import PriorTrainConfig, train_prior
+
+    cfg = resolve_config(PriorTrainConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"prior exported to {train_prior(cfg)}")
+
+
+@train.command(name="restorer")
+@config_options(
+    __import__("flipnet.training.restorer", fromlist=["RestorerTrainConfig"]).RestorerTrainConfig)
+def train_restorer_cmd(dry_run, **kwargs) -> None:
+    """Train the fast feed-forward restorer on synthetic pairs (or --pairs-dir pairs)."""
+    from flipnet.training.restorer import RestorerTrainConfig, train_restorer
+
+    cfg = resolve_config(RestorerTrainConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"restorer exported to {train_restorer(cfg, command=' '.join(sys.argv))}")
+
+
+@cli.command()
+@click.option("--weights", default="prior-64", help="Prior weights folder or shipped name.")
+@click.option("--n", default=64, help="Number of faces.")
+@click.option("--steps", default=50, help="Sampling steps (respaced).")
+@click.option("--sampler", default="ddim", type=click.Choice(["ddim", "ddpm", "dpmpp_2m"]),
+              help="Sampler.")
+@click.option("--eta", default=0.0, help="DDIM eta.")
+@click.option("--seed", default=0, help="Seed; sample i depends only on (seed, i).")
+@click.option("--batch-size", default=16, help="Faces per batch.")
+@click.option("--device", default="auto", help="auto | cpu | cuda | mps.")
+@click.option("-o", "--out", default="samples.png", help="Grid PNG to write.")
+def sample(weights, n, steps, sampler, eta, seed, batch_size, device, out) -> None:
+    """Sample faces from the diffusion prior and write a grid PNG."""
+    from flipnet.pipelines.methods import pick_device, resolve_weights
+    from flipnet.pipelines.sample import sample_prior
+    from flipnet.viz import save_grid
+
+    images = sample_prior(resolve_weights(weights), n=n, steps=steps, sampler=sampler, eta=eta,
+                          seed=seed, batch_size=batch_size, device=str(pick_device(device)))
+    click.echo(f"wrote {save_grid(out, images)}")
+
+
 @cli.command()
 @config_options(__import__("flipnet.pipelines.bench", fromlist=["BenchConfig"]).BenchConfig)
 def bench(dry_run, **kwargs) -> None:
