@@ -174,6 +174,36 @@ def train_restorer_cmd(dry_run, **kwargs) -> None:
     click.echo(f"restorer exported to {train_restorer(cfg, command=' '.join(sys.argv))}")
 
 
+@cli.command(name="pseudo-targets")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@config_options(
+    __import__("flipnet.pipelines.pseudo_targets", fromlist=["PseudoTargetConfig"]
+               ).PseudoTargetConfig)
+def pseudo_targets(src, dst, dry_run, **kwargs) -> None:
+    """Pseudo targets for unlabeled LQ faces: restore, diffuse to t0, guided sampling back."""
+    from flipnet.pipelines.pseudo_targets import PseudoTargetConfig, make_pseudo_targets
+
+    cfg = resolve_config(PseudoTargetConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    r = make_pseudo_targets(src, dst, cfg)
+    click.echo(f"{r['count']} pseudo targets ({r['new']} new, {len(r['skipped'])} skipped), "
+               f"{r['seconds_per_target']} s each -> {dst}")
+
+
+@cli.command()
+@config_options(__import__("flipnet.training.finetune", fromlist=["FinetuneConfig"]).FinetuneConfig)
+def finetune(dry_run, **kwargs) -> None:
+    """Fine-tune a restorer on unlabeled real LQ faces with diffusion-prior pseudo targets."""
+    from flipnet.training.finetune import FinetuneConfig, finetune as run
+
+    cfg = resolve_config(FinetuneConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"fine-tuned restorer exported to {run(cfg)}")
+
+
 @cli.command()
 @click.option("--weights", default="prior-64", help="Prior weights folder or shipped name.")
 @click.option("--n", default=64, help="Number of faces.")

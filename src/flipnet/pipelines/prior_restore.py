@@ -42,15 +42,17 @@ class GuidedResampleConfig:
 
 
 def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
-                    first_index: int = 0) -> torch.Tensor:
+                    first_index: int = 0, indices: list[int] | None = None) -> torch.Tensor:
     """Diffuse y (N, 3, H, W) in [-1, 1] to t0 and sample back with low-pass guidance toward y.
-    Works at the prior's resolution; y is resized to it and the result resized back."""
+    Works at the prior's resolution; y is resized to it and the result resized back. Image k
+    draws its noise from seed + indices[k] (default first_index + k), whatever the batch."""
     schedule = make_schedule(prior.schedule)
     size = prior.image_size
     h, w = y.shape[-2:]
     ys = y if (h, w) == (size, size) else F.interpolate(
         y, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
-    gens = [torch.Generator().manual_seed(cfg.seed + first_index + i) for i in range(len(y))]
+    indices = list(range(first_index, first_index + len(y))) if indices is None else indices
+    gens = [torch.Generator().manual_seed(cfg.seed + i) for i in indices]
     ts = sampling_timesteps(schedule.num_timesteps, str(cfg.respaced_steps), start_index=cfg.t0)
     factor = cfg.factor or scaled_factor(16, 512, size)
     xt = schedule.q_sample(ys, ts[0], randn_like(ys, gens))

@@ -1,0 +1,105 @@
+"""``flipnet pseudo-targets``: pseudo targets for unlabeled real LQ faces (Kuai et al., WACV 2025).
+
+For each LQ face: restore it with the restorer, diffuse the output to t0 and sample back with
+low-pass guidance toward it (``prior_restore.guided_resample``). The pair (LQ, target) is what
+``flipnet finetune`` trains on. Output layout: ``DST/lq/NAME.png`` (the input, aligned crop),
+``DST/target/NAME.png``, and ``DST/pseudo_targets.json`` (settings). Resumable: faces whose
+target exists are skipped; each face's noise depends only on (seed, its sorted index).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flipnet.errors import FlipnetError
+from flipnet.io import BatchLog, list_images, load_image, save_image, to_tensor, to_uint8
+from flipnet.io import write_bytes_atomic
+from flipnet.pipelines.prior_restore import GuidedResampleConfig, guided_resample
+from flipnet.splits import in_split
+
+
+@dataclass(frozen=True)
+class PseudoTargetConfig:
+    """Settings of ``flipnet pseudo-targets`` (paper defaults, scaled to the prior's size)."""
+
+    restorer: str = field(default="restorer-128", metadata={"help": "Restorer weights."})
+    prior: str = field(default="prior-64", metadata={"help": "Prior weights."})
+    respaced_steps: int = field(default=250, metadata={"help": "Respaced reverse steps."})
+    t0: int = field(default=150, metadata={"help": "Respaced step the output is diffused to."})
+    tau: int = field(default=90, metadata={"help": "Guidance stops when this many steps remain."})
+    factor: int = field(default=0, metadata={
+        "help": "Low-pass factor N; 0 = the paper's 16 at 512 px scaled to the prior's size."})
+    seed: int = field(default=0, metadata={"help": "Seed; face i uses seed + i."})
+    split: str = field(default="train", metadata={"help": "Split of SRC to use: train|test|all."})
+    limit: int = field(default=0, metadata={"help": "Use at most this many faces (0 = all)."})
+    batch_size: int = field(default=16, metadata={"help": "Faces per batch."})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps."})
+
+
+def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfig, *,
+                        progress: bool = True) -> dict:
+    """Write (lq, target) pairs for every aligned LQ face under ``src``; returns a report."""
+    from rich.progress import Progress
+
+    from flipnet.models.prior import load_prior
+    from flipnet.pipelines.methods import RestorerMethod, pick_device, resolve_weights
+
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise FlipnetError(f"{dst}: output folder must not be the input folder or inside it")
+    files = in_split(list_images(src), cfg.split)
+    if cfg.limit:
+        files = files[:cfg.limit]
+    if not files:
+        raise FlipnetError(f"{src}: no images in split {cfg.split!r}")
+    device = pick_device(cfg.device)
+    restorer = RestorerMethod(resolve_weights(cfg.restorer), device=str(device))
+    prior = load_prior(resolve_weights(cfg.prior), device)
+    guide = GuidedResampleConfig(respaced_steps=cfg.respaced_steps, t0=cfg.t0, tau=cfg.tau,
+                                 factor=cfg.factor, seed=cfg.seed)
+    names = [p.relative_to(src).with_suffix("").as_posix().replace("/", "__") for p in files]
+    todo = [i for i, n in enumerate(names) if not (dst / "target" / f"{n}.png").exists()]
+    log = BatchLog()
+    log.done = len(files) - len(todo)
+    t_start = time.perf_counter()
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("pseudo targets", total=len(todo))
+        for k in range(0, len(todo), cfg.batch_size):
+            idx, lq = [], []
+            for i in todo[k:k + cfg.batch_size]:
+                try:
+                    img = load_image(files[i]).rgb
+                except FlipnetError as e:
+                    log.skip(files[i], str(e))
+                    continue
+                if img.shape[:2] != (restorer.size, restorer.size):
+                    import cv2
+
+                    img = cv2.resize(img, (restorer.size, restorer.size),
+                                     interpolation=cv2.INTER_AREA)
+                idx.append(i)
+                lq.append(img)
+            bar.advance(task, len(todo[k:k + cfg.batch_size]))
+            if not idx:
+                continue
+            restored = restorer.restore(np.stack(lq))
+            with torch.no_grad():
+                y = to_tensor(restored).to(device)
+                targets = to_uint8(guided_resample(prior, y, guide, indices=idx))
+            for i, a, t in zip(idx, lq, targets):
+                save_image(dst / "lq" / f"{names[i]}.png", a)
+                save_image(dst / "target" / f"{names[i]}.png", t)  # last: marks the face done
+                log.done += 1
+    seconds = time.perf_counter() - t_start
+    report = {"src": str(src), "settings": asdict(cfg), "count": log.done,
+              "new": len(todo) - len(log.skipped), "skipped": log.skipped,
+              "seconds": round(seconds, 2),
+              "seconds_per_target": round(seconds / max(1, len(todo)), 3)}
+    write_bytes_atomic(dst / "pseudo_targets.json", json.dumps(report, indent=1).encode())
+    return report
