@@ -1,0 +1,230 @@
+"""Train the unconditional pixel-space face prior (DDPM objective, v or eps target) with Accelerate.
+
+The same function runs on CPU, one GPU, or ``accelerate launch`` on several. Every
+``save_every`` steps a checkpoint is written that resumes exactly (``resume=True`` picks the
+latest); every ``sample_every`` steps an EMA sample grid from fixed noise is saved; at the end the
+EMA weights are exported as a prior folder (``<out_dir>/prior``) with a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from flipnet.config import config_to_dict, save_config
+from flipnet.diffusion.respace import sampling_timesteps
+from flipnet.diffusion.samplers import sample_ddim
+from flipnet.diffusion.schedules import make_schedule
+from flipnet.errors import FlipnetError
+from flipnet.io import write_bytes_atomic
+from flipnet.models.prior import PriorConfig, save_prior
+from flipnet.models.unet import UNet, count_parameters
+from flipnet.training.common import (
+    EMA,
+    TrainProgress,
+    check_finite,
+    every,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from flipnet.training.data import FaceFolder, ShuffleFlipSampler
+from flipnet.viz import save_grid
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """Everything a prior training run needs; saved as ``<out_dir>/train_config.json``."""
+
+    data_dir: str = field(default="out/prepared/utkface-128", metadata=_h("folder of aligned faces"))
+    out_dir: str = field(default="out/prior-64", metadata=_h("checkpoints, samples, exported prior"))
+    prior: PriorConfig = field(default_factory=PriorConfig, metadata=_h("UNet + schedule"))
+    batch_size: int = field(default=32, metadata=_h("images per step per process"))
+    grad_accum: int = field(default=1, metadata=_h("micro-batches per optimizer step"))
+    lr: float = field(default=2e-4, metadata=_h("AdamW learning rate after warmup"))
+    warmup_steps: int = field(default=200, metadata=_h("linear learning-rate warmup steps"))
+    weight_decay: float = field(default=0.0, metadata=_h("AdamW weight decay"))
+    steps: int = field(default=100_000, metadata=_h("optimizer steps in total"))
+    max_minutes: float = field(default=0.0, metadata=_h("stop (save + export) after this wall "
+                                                          "time; 0 = no limit"))
+    ema_decay: float = field(default=0.999, metadata=_h("EMA decay (with warmup)"))
+    grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 = off"))
+    mixed_precision: Literal["no", "bf16"] = field(default="no", metadata=_h("no | bf16"))
+    hflip: bool = field(default=True, metadata=_h("random horizontal flips"))
+    sample_every: int = field(default=1000, metadata=_h("EMA sample grid every N steps; 0 = off"))
+    sample_count: int = field(default=16, metadata=_h("images in each sample grid"))
+    sample_steps: int = field(default=50, metadata=_h("DDIM steps for sample grids"))
+    save_every: int = field(default=1000, metadata=_h("checkpoint every N steps"))
+    keep_checkpoints: int = field(default=2, metadata=_h("checkpoints kept on disk"))
+    log_every: int = field(default=50, metadata=_h("log line every N steps"))
+    seed: int = field(default=0, metadata=_h("seed for init, data order, noise"))
+    num_workers: int = field(default=0, metadata=_h("DataLoader workers (data is in memory)"))
+    threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
+    resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
+
+
+def _batches(accelerator, loader, sampler, consumed: int):
+    """Endless batches starting after ``consumed`` ones: epoch order is fixed by (seed, epoch)."""
+    epoch, skip = divmod(consumed, len(loader))
+    while True:
+        dl = accelerator.skip_first_batches(loader, skip) if skip else loader
+        sampler.set_epoch(epoch)
+        if hasattr(dl, "set_epoch"):
+            dl.set_epoch(epoch)
+        yield from dl
+        epoch, skip = epoch + 1, 0
+
+
+def _hardware(accelerator) -> str:
+    if torch.cuda.is_available():
+        return f"{accelerator.num_processes} x {torch.cuda.get_device_name()}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n_params: int,
+                hardware: str) -> str:
+    s = cfg.prior.schedule
+    return (f"# flipnet face prior ({cfg.prior.unet.image_size} px)\n\n"
+            f"- data: `{cfg.data_dir}` ({n_images} aligned faces, horizontal flips: {cfg.hflip})\n"
+            f"- model: pixel-space UNet, {n_params / 1e6:.2f} M parameters; schedule: "
+            f"{s.beta_schedule}, {s.num_timesteps} steps, {s.prediction}-prediction\n"
+            f"- training: {progress.step} steps, batch {cfg.batch_size} x {cfg.grad_accum}, "
+            f"lr {cfg.lr}, EMA {cfg.ema_decay}, mixed precision {cfg.mixed_precision}\n"
+            f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}\n"
+            f"- final loss: {progress.last_loss:.4f}\n- weights: EMA, fp16 safetensors\n"
+            "- terms: trained on UTKFace-derived crops: non-commercial research use only.\n")
+
+
+def train_prior(cfg: PriorTrainConfig) -> Path:
+    """Train (or resume) a prior; returns the exported EMA prior folder ``<out_dir>/prior``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
+    last = latest_checkpoint(ckpt_root)
+    if last is not None and not cfg.resume:
+        raise FlipnetError(f"{out}: holds checkpoints (latest {last.name}); pass resume=True "
+                           "(--resume) to continue, or choose another out_dir")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.grad_accum)
+    main, device = accelerator.is_main_process, accelerator.device
+    if main:
+        save_config(cfg, out / "train_config.json")
+    # data, model, EMA, optimizer
+    set_seed(cfg.seed)
+    schedule = make_schedule(cfg.prior.schedule)
+    dataset = FaceFolder(cfg.data_dir, cfg.prior.unet.image_size, progress=main)
+    if len(dataset) < cfg.batch_size:
+        raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} images, fewer than one batch "
+                           f"({cfg.batch_size})")
+    sampler = ShuffleFlipSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.num_workers)
+    model = UNet(cfg.prior.unet)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt, loader = accelerator.prepare(model, opt, loader)
+    ema, progress = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay), TrainProgress()
+    accelerator.register_for_checkpointing(ema, progress)
+    if last is not None and cfg.resume:
+        load_checkpoint(accelerator, last)
+    sample_model = UNet(cfg.prior.unet).to(device).eval()
+    fixed_noise = torch.randn((cfg.sample_count, 3, cfg.prior.unet.image_size,
+                               cfg.prior.unet.image_size),
+                              generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    noise_gen = torch.Generator(device=device)
+    batches = _batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
+    t_start, wall0, smooth = time.time(), progress.wall_seconds, None
+    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="prior",
+               dynamic_ncols=True)
+    while progress.step < cfg.steps:
+        step = progress.step + 1
+        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # one optimizer step = grad_accum micro-batches; noise is a function of (seed, step, rank)
+        for micro in range(cfg.grad_accum):
+            x0 = next(batches)
+            with accelerator.accumulate(model):
+                noise_gen.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096
+                                      + accelerator.process_index)
+                t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=device,
+                                  generator=noise_gen)
+                noise = torch.randn(x0.shape, device=device, generator=noise_gen)
+                xt = schedule.q_sample(x0, t, noise)
+                loss = F.mse_loss(model(xt, t).float(), schedule.training_target(x0, t, noise))
+                check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
+                             latest_checkpoint(ckpt_root))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:  # also catches Inf/NaN gradients of a finite loss
+                    norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                       cfg.grad_clip or float("inf"))
+                    check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(model))
+        loss_value = float(loss.detach())
+        smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
+        progress.step, progress.last_loss = step, smooth
+        progress.wall_seconds = wall0 + time.time() - t_start
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
+        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
+        if main and every(cfg.log_every, step):
+            line = {"step": step, "loss": loss_value, "loss_smooth": smooth, "lr": lr,
+                    "wall_s": round(progress.wall_seconds, 1)}
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        if main and every(cfg.sample_every, step):
+            ema.copy_to(sample_model)
+            ts = sampling_timesteps(schedule.num_timesteps, str(cfg.sample_steps))
+            x = sample_ddim(lambda xt_, t_: sample_model(xt_, t_), fixed_noise, schedule, ts)
+            save_grid(out / "samples" / f"step-{step:07d}.png", x)
+        if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
+            save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
+        if out_of_time:
+            break
+    bar.close()
+    # export the EMA weights as a prior folder with a model card
+    folder = out / "prior"
+    if main:
+        ema.copy_to(sample_model)
+        save_prior(folder, sample_model, cfg.prior)
+        card = _model_card(cfg, progress, len(dataset), count_parameters(sample_model),
+                           _hardware(accelerator))
+        write_bytes_atomic(folder / "MODEL_CARD.md", card.encode())
+        write_bytes_atomic(folder / "train_config.json",
+                           json.dumps(config_to_dict(cfg), indent=2).encode())
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return folder
+
+
+if __name__ == "__main__":  # python -m flipnet.training.prior CONFIG.json [--resume]
+    import sys
+
+    from flipnet.config import load_config
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m flipnet.training.prior CONFIG.json [--resume]")
+    run_cfg = load_config(PriorTrainConfig, sys.argv[1])
+    if "--resume" in sys.argv[2:]:
+        run_cfg = PriorTrainConfig(**{**run_cfg.__dict__, "resume": True})
+    try:
+        print(train_prior(run_cfg))
+    except FlipnetError as e:
+        sys.exit(f"error: {e}")

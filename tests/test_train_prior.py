@@ -1,0 +1,143 @@
+"""Prior training: data, loss going down, exact resume, NaN stop, export + sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flipnet.errors import FlipnetError
+from flipnet.io import save_image
+from flipnet.models.prior import PriorConfig, ScheduleConfig, load_prior
+from flipnet.models.unet import UNetConfig
+from flipnet.pipelines.sample import sample_prior
+from flipnet.training.common import EMA, TrainingDiverged, checkpoints, every
+from flipnet.training.data import FaceFolder, ShuffleFlipSampler
+from flipnet.training.prior import PriorTrainConfig, train_prior
+
+TINY_PRIOR = PriorConfig(
+    unet=UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(8,), num_heads=2, norm_groups=8),
+    schedule=ScheduleConfig(num_timesteps=100, beta_schedule="cosine", prediction="v"))
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """12 synthetic 24x24 'faces' (a coloured disk on a dark background) + one corrupt file."""
+    root = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:24, :24]
+    for i in range(12):
+        cy, cx = rng.uniform(8, 16, 2)
+        disk = ((yy - cy) ** 2 + (xx - cx) ** 2 < 40)[..., None]
+        rgb = np.where(disk, rng.integers(150, 255, 3), 20).astype(np.uint8)
+        save_image(root / f"face{i:02d}.png", rgb)
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _cfg(data, out, **kw) -> PriorTrainConfig:
+    base = {"data_dir": str(data), "out_dir": str(out), "prior": TINY_PRIOR, "batch_size": 4,
+            "lr": 2e-3, "warmup_steps": 1, "steps": 4, "sample_every": 0, "save_every": 2,
+            "log_every": 1, "sample_count": 4, "sample_steps": 5, "seed": 3, "threads": 1}
+    return PriorTrainConfig(**{**base, **kw})
+
+
+def test_face_folder_skips_unreadable_and_resizes(blobs):
+    with pytest.warns(UserWarning, match="broken.png"):
+        ds = FaceFolder(blobs, 16, progress=False)
+    assert len(ds) == 12 and str(blobs / "broken.png") in ds.skipped
+    x = ds[0]
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(ds[(0, True)], x.flip(-1))
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch():
+    a, b = ShuffleFlipSampler(50, seed=1), ShuffleFlipSampler(50, seed=1)
+    first = list(a)
+    assert first == list(b) and sorted(i for i, _ in first) == list(range(50))
+    a.set_epoch(1)
+    assert list(a) != first and any(f for _, f in first) and not all(f for _, f in first)
+
+
+def test_ema_warmup_and_state_round_trip():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.99)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    expected = 0.1 * (model.weight - 1.0) + 0.9 * model.weight
+    assert torch.allclose(ema.shadow["weight"], expected)
+    other = EMA(torch.nn.Linear(2, 2))
+    other.load_state_dict(ema.state_dict())
+    assert other.num_updates == 1 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
+    assert every(5, 10) and not every(5, 11) and not every(0, 10)
+
+
+def test_loss_goes_down_and_export_samples(blobs, tmp_path):
+    with pytest.warns(UserWarning):
+        folder = train_prior(_cfg(blobs, tmp_path / "run", steps=30, save_every=30,
+                                  sample_every=30))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert len(losses) == 30
+    assert np.mean(losses[-10:]) < 0.75 * np.mean(losses[:5])
+    assert (tmp_path / "run" / "samples" / "step-0000030.png").is_file()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "30 steps" in card and str(blobs) in card
+    prior = load_prior(folder)
+    assert prior.config == TINY_PRIOR
+    one = sample_prior(folder, n=3, steps=5, batch_size=1, progress=False)
+    three = sample_prior(prior, n=3, steps=5, batch_size=3, progress=False)
+    assert one.shape == (3, 16, 16, 3) and one.dtype == np.uint8
+    assert np.abs(one.astype(int) - three.astype(int)).max() <= 1  # batching does not matter
+
+
+def _final_state(out):
+    ckpt = checkpoints(out / "checkpoints")[-1]
+    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+    return ckpt.name, load_file(str(ckpt / "model.safetensors")), ema["shadow"]
+
+
+def test_resume_is_exact(blobs, tmp_path):
+    runs = [_cfg(blobs, tmp_path / "straight", steps=4), _cfg(blobs, tmp_path / "split", steps=2)]
+    for cfg in runs:
+        with pytest.warns(UserWarning, match="broken.png"):
+            train_prior(cfg)
+    with pytest.raises(FlipnetError, match="resume"):
+        train_prior(_cfg(blobs, tmp_path / "split", steps=4))
+    with pytest.warns(UserWarning, match="broken.png"):
+        train_prior(_cfg(blobs, tmp_path / "split", steps=4, resume=True))
+    name_a, model_a, ema_a = _final_state(tmp_path / "straight")
+    name_b, model_b, ema_b = _final_state(tmp_path / "split")
+    assert name_a == name_b == "step-0000004"
+    assert model_a.keys() == model_b.keys()
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # and steps 3-4 really changed the weights saved at step 2
+    at_2 = load_file(str(tmp_path / "split" / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert any(not torch.equal(model_a[k], at_2[k]) for k in model_a)
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(blobs, tmp_path):
+    cfg = _cfg(blobs, tmp_path / "nan", steps=10, save_every=1, lr=1e12, grad_clip=0.0)
+    with pytest.warns(UserWarning), pytest.raises(TrainingDiverged, match=r"at step \d+") as e:
+        train_prior(cfg)
+    found = checkpoints(tmp_path / "nan" / "checkpoints")
+    assert found and str(found[-1]) in str(e.value)
+    state = load_file(str(found[-1] / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert not (tmp_path / "nan" / "prior").exists()
+
+
+def test_train_config_round_trips_through_json(tmp_path):
+    from flipnet.config import load_config, save_config
+
+    cfg = _cfg("data", "out", mixed_precision="bf16")
+    save_config(cfg, tmp_path / "c.json")
+    assert load_config(PriorTrainConfig, tmp_path / "c.json") == cfg
+    assert all("help" in f.metadata for f in dataclasses.fields(PriorTrainConfig))
