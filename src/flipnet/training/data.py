@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from flipnet.errors import FlipnetError, ImageReadError
+from flipnet.splits import in_split
 from flipnet.io import list_images, load_image, to_tensor
 
 
@@ -38,9 +39,10 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 class FaceFolder(Dataset):
     """Aligned face crops under ``root`` as float (3, size, size) tensors in [-1, 1]."""
 
-    def __init__(self, root: str | os.PathLike, size: int, *, progress: bool = True):
+    def __init__(self, root: str | os.PathLike, size: int, *, split: str | None = "train",
+                 progress: bool = True):
         self.root, self.size = Path(root), size
-        paths = list_images(self.root)
+        paths = in_split(list_images(self.root), split)  # held-out test faces never train
         pixels, kept, self.skipped = [], [], {}
         for p in tqdm(paths, desc=f"reading {self.root.name}", disable=not progress):
             try:

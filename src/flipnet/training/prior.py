@@ -49,6 +49,7 @@ class PriorTrainConfig:
     """Everything a prior training run needs; saved as ``<out_dir>/train_config.json``."""
 
     data_dir: str = field(default="out/prepared/utkface-128", metadata=_h("folder of aligned faces"))
+    split: str = field(default="train", metadata=_h("split of data_dir: train | test | all"))
     out_dir: str = field(default="out/prior-64", metadata=_h("checkpoints, samples, exported prior"))
     prior: PriorConfig = field(default_factory=PriorConfig, metadata=_h("UNet + schedule"))
     batch_size: int = field(default=32, metadata=_h("images per step per process"))
@@ -128,7 +129,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     # data, model, EMA, optimizer
     set_seed(cfg.seed)
     schedule = make_schedule(cfg.prior.schedule)
-    dataset = FaceFolder(cfg.data_dir, cfg.prior.unet.image_size, progress=main)
+    dataset = FaceFolder(cfg.data_dir, cfg.prior.unet.image_size, split=cfg.split, progress=main)
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} images, fewer than one batch "
                            f"({cfg.batch_size})")
