@@ -1,0 +1,145 @@
+"""(LQ, HQ) training pairs for the restorer: synthetic on the fly, or read from a pairs folder.
+
+* ``SyntheticPairs``: HQ aligned faces kept in memory (only the requested split, see
+  ``flipnet.splits``), each degraded when it is drawn with one of several presets (blur rescaled
+  to the image size, ``degradations.presets.rescale_blur``). The preset and every degradation
+  value are a function of the sample's integer seed alone, so a run is reproducible and resumes
+  exactly. When the preset turns the LQ gray, the HQ target is grayed too (GFPGAN ``gt_gray``,
+  DifFace), so the net is never asked to invent colours.
+* ``PairFolder``: ``<pairs_dir>/lq/*`` and ``<pairs_dir>/target/*`` matched by file name (without
+  extension), e.g. real LQ faces and their pseudo targets for fine-tuning.
+
+Both are indexed by the ``(index, flip, seed)`` keys of ``PairSampler`` and return
+``(lq, hq)``, two float (3, size, size) tensors in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from flipnet.degradations.color import to_gray
+from flipnet.degradations.pipeline import DegradationConfig, apply_params, sample_params
+from flipnet.degradations.presets import get_preset, rescale_blur
+from flipnet.errors import FlipnetError, ImageReadError
+from flipnet.io import list_images, load_image, to_tensor
+from flipnet.splits import in_split
+from flipnet.training.data import ShuffleFlipSampler, resize_square
+
+
+def load_faces(folder: str | os.PathLike, size: int, *, split: str | None = "train",
+               limit: int | None = None, progress: bool = True) -> tuple[list[Path], np.ndarray]:
+    """Read the ``split`` faces of a folder, resized: (paths, uint8 (N, size, size, 3))."""
+    paths = in_split(list_images(folder), split)[:limit]
+    kept, pixels = [], []
+    for p in tqdm(paths, desc=f"reading {Path(folder).name} ({split or 'all'})",
+                  disable=not progress):
+        try:
+            pixels.append(resize_square(load_image(p).rgb, size))
+            kept.append(p)
+        except ImageReadError as e:
+            warnings.warn(f"skipped {p}: {e.problem}", stacklevel=2)
+    if not kept:
+        raise FlipnetError(f"{folder}: no readable images in split {split!r} "
+                           f"({len(paths)} files tried)")
+    return kept, np.stack(pixels)
+
+
+def face_presets(names: Sequence[str], size: int) -> list[DegradationConfig]:
+    """Presets by name with their blur rescaled from 512 px to ``size`` px faces."""
+    if not names:
+        raise FlipnetError("at least one degradation preset is needed")
+    return [rescale_blur(get_preset(n), size) for n in names]
+
+
+class PairSampler(ShuffleFlipSampler):
+    """Yields (index, flip, seed): order, flips and per-sample seeds from (seed, epoch) only."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_777_777)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        return iter([(i, f, s) for (i, f), s in zip(super().__iter__(), seeds)])
+
+
+def _flip(rgb: np.ndarray, flip: bool) -> np.ndarray:
+    return np.ascontiguousarray(rgb[:, ::-1] if flip else rgb)
+
+
+class SyntheticPairs(Dataset):
+    """HQ faces in memory, degraded on the fly with a preset chosen by the sample's seed."""
+
+    def __init__(self, pixels: np.ndarray, presets: Sequence[DegradationConfig]):
+        self.pixels, self.presets = pixels, list(presets)  # (N, S, S, 3) uint8
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def degrade(self, hq: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+        """(1, 3, S, S) HQ -> (LQ, params) with preset ``seed % len(presets)``."""
+        cfg = self.presets[seed % len(self.presets)]
+        params = sample_params(cfg, seed)
+        return apply_params(hq, [params]), params
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, flip, seed)`` -> (lq, hq), each (3, S, S) float in [-1, 1]."""
+        index, flip, seed = key
+        hq = to_tensor(_flip(self.pixels[index], flip))  # (1, 3, S, S)
+        lq, params = self.degrade(hq, seed)
+        if params["color"] is not None and params["color"]["gray"]:
+            hq = to_gray((hq + 1) / 2) * 2 - 1
+        return lq[0], hq[0]
+
+
+class PairFolder(Dataset):
+    """``lq/`` and ``target/`` images matched by name, resized to ``size`` and kept in memory."""
+
+    def __init__(self, root: str | os.PathLike, size: int, *, progress: bool = True):
+        root = Path(root)
+        lq_dir, target_dir = root / "lq", root / "target"
+        for d in (lq_dir, target_dir):
+            if not d.is_dir():
+                raise FlipnetError(f"{root}: a pairs folder needs lq/ and target/ subfolders "
+                                   f"({d.name}/ is missing)")
+        lq_files = {p.stem: p for p in list_images(lq_dir)}
+        target_files = {p.stem: p for p in list_images(target_dir)}
+        names = sorted(set(lq_files) & set(target_files))
+        unmatched = sorted(set(lq_files) ^ set(target_files))
+        if unmatched:
+            warnings.warn(f"{root}: {len(unmatched)} files without a partner are ignored "
+                          f"(e.g. {unmatched[0]})", stacklevel=2)
+        lq, target, self.names = [], [], []
+        for name in tqdm(names, desc=f"reading {root.name}", disable=not progress):
+            try:
+                a = resize_square(load_image(lq_files[name]).rgb, size)
+                b = resize_square(load_image(target_files[name]).rgb, size)
+            except ImageReadError as e:
+                warnings.warn(f"skipped pair {name}: {e}", stacklevel=2)
+                continue
+            lq.append(a)
+            target.append(b)
+            self.names.append(name)
+        if not self.names:
+            raise FlipnetError(f"{root}: no readable (lq, target) pairs with matching names")
+        self.lq, self.target = np.stack(lq), np.stack(target)  # (N, S, S, 3) uint8 each
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, flip, seed)`` (seed unused) -> (lq, target), each (3, S, S) in [-1, 1]."""
+        index, flip = key[0], key[1]
+        return (to_tensor(_flip(self.lq[index], flip))[0],
+                to_tensor(_flip(self.target[index], flip))[0])
+
+
+def fixed_pairs(dataset: Dataset, count: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` pairs, unflipped, seeds ``seed + i``: (lq, hq), each (count, 3, S, S)."""
+    items = [dataset[(i, False, seed + i)] for i in range(min(count, len(dataset)))]
+    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])

@@ -1,0 +1,168 @@
+"""The fast restorer: shapes, identity at init, folder round trip, discriminator, losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flipnet.errors import ConfigError, WeightsError
+from flipnet.models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from flipnet.models.prior import Prior, PriorConfig, ScheduleConfig
+from flipnet.models.restorer import (
+    Restorer,
+    RestorerConfig,
+    count_parameters,
+    load_restorer,
+    save_restorer,
+)
+from flipnet.models.unet import UNet, UNetConfig
+from flipnet.training.losses import (
+    LPIPSLoss,
+    PriorFeatureLoss,
+    fft_amplitude_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    l1_loss,
+    pyramid_l1_loss,
+    resolve_perceptual,
+)
+
+TINY = RestorerConfig(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1))
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values (so zero-initialised branches do something)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def _faces(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 3, size, size), generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_output_shape_matches_input(size):
+    model = _randomise(Restorer(RestorerConfig()))
+    x = _faces(2, size)
+    y = model(x)
+    assert y.shape == x.shape and y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert not torch.allclose(y, x)  # random weights do change the image
+
+
+def test_sizes_that_are_not_multiples_are_padded_and_cropped():
+    model = _randomise(Restorer(TINY))
+    assert TINY.multiple() == 8
+    x = _faces(1, 40)[:, :, :, :27]  # (1, 3, 40, 27)
+    assert model(x).shape == (1, 3, 40, 27)
+
+
+def test_untrained_restorer_is_the_identity():
+    model = Restorer(RestorerConfig())
+    x = _faces(2, 64)
+    assert torch.allclose(model(x), x, atol=1e-6)
+    assert 0.1e6 < count_parameters(model) < 2e6
+
+
+def test_residual_branch_gets_gradients_from_the_start():
+    model = Restorer(TINY)
+    x = _faces(2, 32)
+    l1_loss(model(x), torch.zeros_like(x)).backward()
+    assert model.ending.weight.grad.abs().sum() > 0
+
+
+def test_folder_round_trip_gives_identical_outputs(tmp_path):
+    model = _randomise(Restorer(TINY)).half().float()  # the folder stores fp16
+    save_restorer(tmp_path / "r", model, TINY)
+    loaded, cfg = load_restorer(tmp_path / "r")
+    assert cfg == TINY and not loaded.training
+    x = _faces(2, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["_class"] == "RestorerConfig"
+
+
+def test_mismatched_folder_raises_weights_error_naming_it(tmp_path):
+    save_restorer(tmp_path / "r", Restorer(TINY), TINY)
+    data = json.loads((tmp_path / "r" / "config.json").read_text())
+    data["width"] = 16
+    (tmp_path / "r" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match=r"r: weights do not match the config"):
+        load_restorer(tmp_path / "r")
+    with pytest.raises(WeightsError, match="not found"):
+        load_restorer(tmp_path / "missing")
+    data["enc_blocks"] = [1]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match="invalid restorer config"):
+        load_restorer(tmp_path / "r")
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ConfigError, match="same number of levels"):
+        Restorer(RestorerConfig(enc_blocks=(1, 1), dec_blocks=(1,)))
+    with pytest.raises(ConfigError, match="layers"):
+        PatchDiscriminator(DiscriminatorConfig(layers=0))
+
+
+def test_discriminator_gives_patch_logits():
+    disc = PatchDiscriminator(DiscriminatorConfig(width=8, layers=3))
+    assert disc(_faces(2, 64)).shape == (2, 1, 8, 8)
+
+
+def _tiny_prior() -> Prior:
+    cfg = PriorConfig(unet=UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2),
+                                      num_res_blocks=1, attention_resolutions=(8,), num_heads=2,
+                                      norm_groups=8),
+                      schedule=ScheduleConfig(num_timesteps=100))
+    return Prior(_randomise(UNet(cfg.unet)), cfg.schedule, cfg, image_size=16, source="tiny")
+
+
+def _lpips():
+    from flipnet.metrics.lpips import LPIPS
+
+    return LPIPSLoss(_randomise(LPIPS("alex")))
+
+
+@pytest.mark.parametrize("loss", [l1_loss, pyramid_l1_loss, fft_amplitude_loss,
+                                  PriorFeatureLoss(_tiny_prior(), t=20), _lpips()],
+                         ids=["l1", "pyramid", "fft", "prior", "lpips"])
+def test_each_loss_is_zero_for_identical_images_and_positive_otherwise(loss):
+    x = _faces(2, 64)
+    y = (x + 0.3 * _faces(2, 64, seed=1)).clamp(-1, 1).requires_grad_()
+    assert float(loss(x, x.clone())) == pytest.approx(0.0, abs=1e-6)
+    value = loss(y, x)
+    assert float(value.detach()) > 1e-4
+    value.backward()
+    assert y.grad.abs().sum() > 0  # it can train a restorer
+
+
+def test_fft_loss_sees_high_frequencies_that_l1_underweights():
+    x = torch.zeros(1, 3, 32, 32)
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None]) % 2 * 0.2 - 0.1
+    y = x + checker  # a +-0.1 checkerboard: tiny L1 per pixel, one huge Fourier peak
+    assert float(fft_amplitude_loss(y, x)) > 0
+    assert float(pyramid_l1_loss(y, x)) == pytest.approx(0.0, abs=1e-7)  # pooling removes it
+
+
+def test_gan_losses_reward_the_right_side():
+    real, fake = torch.full((2, 1, 4, 4), 3.0), torch.full((2, 1, 4, 4), -3.0)
+    for kind in ("nonsat", "hinge"):
+        assert gan_discriminator_loss(real, fake, kind) < gan_discriminator_loss(fake, real, kind)
+        assert gan_generator_loss(real, kind) < gan_generator_loss(fake, kind)
+    assert float(gan_discriminator_loss(real, fake, "hinge")) == 0.0
+    with pytest.raises(ConfigError, match="unknown GAN loss"):
+        gan_generator_loss(real, "wgan")
+
+
+def test_perceptual_auto_picks_the_prior_only_when_its_folder_exists(tmp_path):
+    assert resolve_perceptual("auto", prior_path=tmp_path / "nope") == "none"
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_perceptual("auto", prior_path=tmp_path) == "prior"
+    assert resolve_perceptual("lpips") == "lpips"
+    with pytest.raises(ConfigError, match="unknown perceptual loss"):
+        resolve_perceptual("vgg")

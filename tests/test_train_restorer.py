@@ -1,0 +1,207 @@
+"""Restorer training: pairs (synthetic and from folders), loss going down, exact resume, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flipnet.config import load_config, save_config
+from flipnet.degradations.color import ColorConfig
+from flipnet.degradations.pipeline import DegradationConfig
+from flipnet.errors import ConfigError, FlipnetError
+from flipnet.io import load_image, save_image
+from flipnet.models.restorer import RestorerConfig, load_restorer
+from flipnet.splits import utkface_split
+from flipnet.training.common import checkpoints
+from flipnet.training.pairs import (
+    PairFolder,
+    PairSampler,
+    SyntheticPairs,
+    face_presets,
+    fixed_pairs,
+    load_faces,
+)
+from flipnet.training.restorer import RestorerTrainConfig, train_restorer
+
+TINY = RestorerConfig(image_size=32, width=8, enc_blocks=(1, 1), middle_blocks=1,
+                      dec_blocks=(1, 1))
+
+
+def _blob(rng, size=32) -> np.ndarray:
+    """A synthetic 'face': a bright disk with two dark 'eyes' on a dark background."""
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.uniform(0.4, 0.6, 2) * size
+    face = (yy - cy) ** 2 + (xx - cx) ** 2 < (0.35 * size) ** 2
+    eyes = [((yy - cy + 4) ** 2 + (xx - cx - s) ** 2) < 4 for s in (-5, 5)]
+    rgb = np.where(face[..., None], rng.integers(150, 255, 3), 20)
+    return np.where((eyes[0] | eyes[1])[..., None], 40, rgb).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """19 synthetic faces (face008 and face018 fall in the test split) + one corrupt file."""
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(19):
+        save_image(root / f"face{i:03d}.png", _blob(rng))
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _cfg(data, out, **kw) -> RestorerTrainConfig:
+    base = {"data_dir": str(data), "out_dir": str(out), "restorer": TINY,
+            "batch_size": 4, "lr": 2e-3, "warmup_steps": 1, "steps": 4, "gan_start": 1,
+            "sample_every": 0, "save_every": 2, "log_every": 1, "sample_count": 3, "seed": 3,
+            "threads": 1, "eval_count": 0, "prior_path": None}
+    return RestorerTrainConfig(**{**base, **kw})
+
+
+def test_load_faces_keeps_only_the_split_and_skips_broken(faces):
+    with pytest.warns(UserWarning, match="broken.png"):
+        paths, pixels = load_faces(faces, 16, progress=False)
+    assert len(paths) == 17 and all(utkface_split(p) == "train" for p in paths)
+    assert pixels.shape == (17, 16, 16, 3) and pixels.dtype == np.uint8
+    test_paths, _ = load_faces(faces, 16, split="test", progress=False)
+    assert [p.name for p in test_paths] == ["face008.png", "face018.png"]
+
+
+def test_synthetic_pairs_are_a_function_of_the_seed(faces):
+    _, pixels = load_faces(faces, 32, split="test", progress=False)
+    pairs = SyntheticPairs(pixels, face_presets(["gfpgan", "codeformer"], 32))
+    lq, hq = pairs[(0, False, 11)]
+    assert lq.shape == hq.shape == (3, 32, 32) and lq.min() >= -1 and lq.max() <= 1
+    assert torch.equal(pairs[(0, False, 11)][0], lq)
+    assert not torch.equal(pairs[(0, False, 12)][0], lq)
+    assert torch.equal(pairs[(0, True, 11)][1], hq.flip(-1))
+    assert (lq - hq).abs().mean() > 0.01  # the LQ really is degraded
+    # a gray LQ gets a gray target
+    gray = SyntheticPairs(pixels, [DegradationConfig(color=ColorConfig(gray_prob=1.0))])
+    lq, hq = gray[(1, False, 5)]
+    assert torch.allclose(hq[0], hq[1], atol=1e-6) and torch.allclose(hq[1], hq[2], atol=1e-6)
+
+
+def test_pair_sampler_yields_seeded_keys():
+    a, b = PairSampler(10, seed=1), PairSampler(10, seed=1)
+    first = list(a)
+    assert first == list(b) and sorted(k[0] for k in first) == list(range(10))
+    assert len({k[2] for k in first}) == 10
+    a.set_epoch(1)
+    assert {k[2] for k in a}.isdisjoint({k[2] for k in first})
+
+
+def test_pair_folder_matches_names_and_reports_problems(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        save_image(tmp_path / "p" / "lq" / f"{name}.png", _blob(rng, 24))
+        save_image(tmp_path / "p" / "target" / f"{name}.jpg", _blob(rng, 24))
+    save_image(tmp_path / "p" / "lq" / "orphan.png", _blob(rng, 24))
+    with pytest.warns(UserWarning, match="orphan"):
+        ds = PairFolder(tmp_path / "p", 24, progress=False)
+    assert ds.names == ["a", "b", "c"]
+    lq, target = ds[(1, False, 0)]
+    expected = load_image(tmp_path / "p" / "lq" / "b.png").rgb
+    assert np.array_equal(((lq.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy(), expected)
+    assert torch.equal(ds[(1, True, 0)][1], target.flip(-1))
+    (tmp_path / "q" / "lq").mkdir(parents=True)
+    with pytest.raises(FlipnetError, match=r"q: .*target/ is missing"):
+        PairFolder(tmp_path / "q", 24, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory):
+    """8 (lq, target) pairs: the LQ is a fixed, learnable change of contrast and brightness."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        target = _blob(rng)
+        save_image(root / "target" / f"{i}.png", target)
+        save_image(root / "lq" / f"{i}.png", (target // 2 + 30).astype(np.uint8))
+    return root
+
+
+def test_l1_goes_down_on_a_pairs_folder(pairs_dir, tmp_path):
+    folder = train_restorer(_cfg("unused", tmp_path / "run", pairs_dir=str(pairs_dir), steps=30,
+                                 lr=1e-2, save_every=30, sample_every=30, gan_start=20,
+                                 eval_count=5))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    l1 = [x["l1"] for x in log]
+    assert len(l1) == 30 and "gan_d" in log[-1] and "gan_d" not in log[5]
+    assert np.mean(l1[-10:]) < 0.7 * np.mean(l1[:5])
+    assert (tmp_path / "run" / "samples" / "step-0000030.png").is_file()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "8 (lq, target) pairs" in card and not (folder / "eval.json").exists()
+
+
+def test_synthetic_run_exports_card_samples_and_check(faces, tmp_path):
+    with pytest.warns(UserWarning):
+        folder = train_restorer(_cfg(faces, tmp_path / "run", steps=3, sample_every=3,
+                                     eval_count=5), command="pytest")
+    assert (tmp_path / "run" / "samples" / "step-0000003.png").is_file()
+    # the shipped figure: rows LQ | restored | HQ, 2 test faces x 2 presets, 2 px padding
+    assert load_image(folder / "samples.png").rgb.shape == (3 * 34 + 2, 4 * 34 + 2, 3)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "3 steps" in card and str(faces) in card and "`pytest`" in card
+    assert "offline stand-in" in card and "| codeformer |" in card and "test-split faces" in card
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert evaluation["faces"] == 2 and evaluation["gfpgan"]["psnr_lq"] > 10
+    _, cfg = load_restorer(folder)
+    assert cfg == TINY
+
+
+def _final_state(out):
+    ckpt = checkpoints(out / "checkpoints")[-1]
+    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+    return (ckpt.name, load_file(str(ckpt / "model.safetensors")),
+            load_file(str(ckpt / "model_1.safetensors")), ema["shadow"])
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_resume_is_exact_with_the_gan_on(faces, tmp_path):
+    # a constant learning rate: a cosine schedule depends on `steps`, which differs here
+    train_restorer(_cfg(faces, tmp_path / "straight", steps=4, lr_schedule="constant"))
+    train_restorer(_cfg(faces, tmp_path / "split", steps=2, lr_schedule="constant"))
+    with pytest.raises(FlipnetError, match="resume"):
+        train_restorer(_cfg(faces, tmp_path / "split", steps=4, lr_schedule="constant"))
+    train_restorer(_cfg(faces, tmp_path / "split", steps=4, lr_schedule="constant", resume=True))
+    name_a, model_a, disc_a, ema_a = _final_state(tmp_path / "straight")
+    name_b, model_b, disc_b, ema_b = _final_state(tmp_path / "split")
+    assert name_a == name_b == "step-0000004"
+    for a, b in ((model_a, model_b), (disc_a, disc_b), (ema_a, ema_b)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    at_2 = load_file(str(tmp_path / "split" / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert any(not torch.equal(model_a[k], at_2[k]) for k in model_a)
+
+
+def test_init_from_starts_at_those_weights_and_checks_the_config(pairs_dir, tmp_path):
+    folder = train_restorer(_cfg("unused", tmp_path / "ft", pairs_dir=str(pairs_dir), steps=2,
+                                 gan_weight=0.0))
+    # zero steps export exactly the initial weights; another architecture is refused
+    again = train_restorer(_cfg("unused", tmp_path / "ft2", pairs_dir=str(pairs_dir), steps=0,
+                                gan_weight=0.0, init_from=str(folder)))
+    a = load_file(str(folder / "model-00001.safetensors"))
+    b = load_file(str(again / "model-00001.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = dataclasses.replace(TINY, width=16)
+    with pytest.raises(ConfigError, match="differs"):
+        train_restorer(_cfg("unused", tmp_path / "ft3", pairs_dir=str(pairs_dir),
+                            restorer=other, steps=1, init_from=str(folder)))
+
+
+def test_fixed_pairs_and_too_small_data(faces, tmp_path):
+    _, pixels = load_faces(faces, 32, split="test", progress=False)
+    lq, hq = fixed_pairs(SyntheticPairs(pixels, face_presets(["difface"], 32)), 5, seed=0)
+    assert lq.shape == hq.shape == (2, 3, 32, 32)
+    with pytest.raises(FlipnetError, match="fewer than one batch"):
+        train_restorer(_cfg(faces, tmp_path / "small", split="test"))
+
+
+def test_train_config_round_trips_through_json(tmp_path):
+    cfg = _cfg("data", "out", mixed_precision="bf16", presets=("codeformer",))
+    save_config(cfg, tmp_path / "c.json")
+    assert load_config(RestorerTrainConfig, tmp_path / "c.json") == cfg
+    assert all("help" in f.metadata for f in dataclasses.fields(RestorerTrainConfig))
