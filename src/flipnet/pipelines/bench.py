@@ -43,6 +43,8 @@ class BenchConfig:
     methods: str = field(default="", metadata={"help": "Comma list (default: all available)."})
     seed: int = field(default=0, metadata={"help": "Seed of the degradations."})
     speed: bool = field(default=True, metadata={"help": "Measure faces/s at batch 1 and 32."})
+    prior_steps: int = field(default=25, metadata={
+        "help": "Respaced steps of the prior method (DifFace-style); t0 = 0.6 of them."})
 
 
 def build_sets(cfg: BenchConfig) -> dict[str, dict]:
@@ -195,7 +197,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     with Progress(disable=not progress) as bar:
         task = bar.add_task("bench", total=len(names) * len(sets))
         for mname in names:
-            method = make_method(mname, device="cpu")
+            method = make_method(mname, device="cpu", steps=cfg.prior_steps, seed=cfg.seed)
             res = results["methods"][mname] = {"sets": {}}
             for sname, s in sets.items():
                 lq = _images(s)

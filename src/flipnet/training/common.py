@@ -146,3 +146,25 @@ def check_finite(loss: torch.Tensor | float, step: int, last_checkpoint: Path | 
                  else "no checkpoint was written yet")
         raise TrainingDiverged(f"{what} is {value} at step {step}; training stopped before the "
                                f"update, {where} (lower the learning rate or check the data)")
+
+
+def endless_batches(accelerator, loader, sampler, consumed: int):
+    """Endless batches starting after ``consumed`` ones: epoch order is fixed by (seed, epoch),
+    so a resumed run sees exactly the batches an unbroken run would."""
+    epoch, skip = divmod(consumed, len(loader))
+    while True:
+        dl = accelerator.skip_first_batches(loader, skip) if skip else loader
+        sampler.set_epoch(epoch)
+        if hasattr(dl, "set_epoch"):
+            dl.set_epoch(epoch)
+        yield from dl
+        epoch, skip = epoch + 1, 0
+
+
+def hardware_name(accelerator) -> str:
+    """What trained it, for model cards: GPUs by name, else the CPU and its thread count."""
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{accelerator.num_processes} x {torch.cuda.get_device_name()}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"

@@ -9,7 +9,6 @@ EMA weights are exported as a prior folder (``<out_dir>/prior``) with a model ca
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from flipnet.models.prior import PriorConfig, save_prior
 from flipnet.models.unet import UNet, count_parameters
 from flipnet.training.common import (
     EMA,
+    endless_batches,
+    hardware_name,
     TrainProgress,
     check_finite,
     every,
@@ -74,24 +75,6 @@ class PriorTrainConfig:
     num_workers: int = field(default=0, metadata=_h("DataLoader workers (data is in memory)"))
     threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
     resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
-
-
-def _batches(accelerator, loader, sampler, consumed: int):
-    """Endless batches starting after ``consumed`` ones: epoch order is fixed by (seed, epoch)."""
-    epoch, skip = divmod(consumed, len(loader))
-    while True:
-        dl = accelerator.skip_first_batches(loader, skip) if skip else loader
-        sampler.set_epoch(epoch)
-        if hasattr(dl, "set_epoch"):
-            dl.set_epoch(epoch)
-        yield from dl
-        epoch, skip = epoch + 1, 0
-
-
-def _hardware(accelerator) -> str:
-    if torch.cuda.is_available():
-        return f"{accelerator.num_processes} x {torch.cuda.get_device_name()}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n_params: int,
@@ -148,7 +131,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
                                cfg.prior.unet.image_size),
                               generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     noise_gen = torch.Generator(device=device)
-    batches = _batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
+    batches = endless_batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
     t_start, wall0, smooth = time.time(), progress.wall_seconds, None
     bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="prior",
                dynamic_ncols=True)
@@ -206,7 +189,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
         ema.copy_to(sample_model)
         save_prior(folder, sample_model, cfg.prior)
         card = _model_card(cfg, progress, len(dataset), count_parameters(sample_model),
-                           _hardware(accelerator))
+                           hardware_name(accelerator))
         write_bytes_atomic(folder / "MODEL_CARD.md", card.encode())
         write_bytes_atomic(folder / "train_config.json",
                            json.dumps(config_to_dict(cfg), indent=2).encode())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,8 @@ from flipnet.models.restorer import (
 )
 from flipnet.training.common import (
     EMA,
+    endless_batches,
+    hardware_name,
     TrainProgress,
     check_finite,
     every,
@@ -137,16 +138,6 @@ def make_pairs(cfg: RestorerTrainConfig, *, progress: bool = True):
     return SyntheticPairs(pixels, face_presets(cfg.presets, cfg.restorer.image_size))
 
 
-def _batches(accelerator, loader, sampler, consumed: int):
-    """Endless batches starting after ``consumed`` ones (epoch order fixed by seed and epoch)."""
-    epoch, skip = divmod(consumed, len(loader))
-    while True:
-        dl = accelerator.skip_first_batches(loader, skip) if skip else loader
-        sampler.set_epoch(epoch)
-        yield from dl
-        epoch, skip = epoch + 1, 0
-
-
 def _lr_at(cfg: RestorerTrainConfig, step: int) -> float:
     """Linear warmup, then constant or cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
     lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
@@ -197,12 +188,6 @@ def evaluate_synthetic(model: Restorer, data_dir: str, presets: tuple[str, ...],
                 figure.append(np.stack([lq_u8[:show], out_u8[:show], hq_u8[:show]]))
         results[name] = {k: round(float(np.mean(v)), 4) for k, v in scores.items()}
     return results, np.concatenate(figure, axis=1)
-
-
-def _hardware(accelerator) -> str:
-    if torch.cuda.is_available():
-        return f"{accelerator.num_processes} x {torch.cuda.get_device_name()}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
 
 
 def _final_losses(log_path: Path, last: int = 20) -> dict:
@@ -317,7 +302,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
             restored = sample_model(fixed_lq.to(device)).cpu()
         return save_grid(path, torch.cat([fixed_lq, restored, fixed_hq]), ncol=len(fixed_lq))
 
-    batches = _batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
+    batches = endless_batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
     t_start, wall0, smooth = time.time(), progress.wall_seconds, None
     bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="restorer",
                dynamic_ncols=True)
@@ -408,7 +393,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
             save_samples(folder / "samples.png")
         card = _model_card(cfg, progress, n_pairs=len(dataset),
                            n_params=count_parameters(sample_model),
-                           hardware=_hardware(accelerator), perceptual=perceptual_kind,
+                           hardware=hardware_name(accelerator), perceptual=perceptual_kind,
                            losses=_final_losses(out / "log.jsonl"), evaluation=evaluation,
                            command=command)
         write_bytes_atomic(folder / "MODEL_CARD.md", card.encode())
