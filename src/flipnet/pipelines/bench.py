@@ -125,45 +125,47 @@ def score(pred: list, lq: list, gt: list | None, ref: list, emb) -> dict:
     return out
 
 
-def speed(method, size: int = 128) -> dict:
-    """Faces per second at batch 1 and 32, and peak memory (CUDA, else process RSS growth)."""
-    import torch
-
-    out = {}
-    for bs in (1, 32):
-        x = np.random.default_rng(0).integers(0, 255, (bs, size, size, 3), dtype=np.uint8)
-        method.restore(x[:1])  # warm-up
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        rss0 = _rss_peak_reset()
-        reps = 3 if bs == 1 else 1
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            method.restore(x)
-        dt = (time.perf_counter() - t0) / reps
-        mem = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-               else max(0, _rss_peak() - rss0))
-        out[f"faces_per_s_b{bs}"] = bs / dt
-        out[f"peak_mb_b{bs}"] = mem / 2**20
-    return out
-
-
-def _rss_peak_reset() -> int:
-    try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _rss_peak()
-
-
-def _rss_peak() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+_SPEED_SCRIPT = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[3]))
+def peak():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
     return 0
+from flipnet.pipelines.methods import make_method
+m = make_method(sys.argv[1], device="cpu", steps=int(sys.argv[2]), batch_size=32)
+out = {"threads": torch.get_num_threads()}
+for bs in (1, 32):
+    x = np.random.default_rng(0).integers(0, 255, (bs, m.size, m.size, 3), dtype=np.uint8)
+    m.restore(x[:1])
+    base = peak()
+    reps = 3 if bs == 1 else 1
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        m.restore(x)
+    dt = (time.perf_counter() - t0) / reps
+    out[f"faces_per_s_b{bs}"] = bs / dt
+    out[f"peak_mb_b{bs}"] = max(0, peak() - base) / 2**20
+out["rss_mb"] = peak() / 2**20
+print(json.dumps(out))
+"""
+
+
+def speed(name: str, *, steps: int = 25, threads: int | None = None) -> dict:
+    """Faces/s at batch 1 and 32 and the peak-RSS growth of each call, measured in a fresh
+    process (so one method's memory does not hide another's); CUDA is not used here."""
+    import subprocess
+    import sys
+
+    threads = threads or os.cpu_count() or 1
+    r = subprocess.run([sys.executable, "-c", _SPEED_SCRIPT, name, str(steps), str(threads)],
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def per_group(ids: list, names: list[str]) -> dict:
@@ -217,7 +219,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
                 res["sets"][sname] = r
                 bar.advance(task)
             if cfg.speed:
-                res["speed"] = speed(method)
+                res["speed"] = speed(mname, steps=cfg.prior_steps)
     results["seconds"] = time.perf_counter() - t_start
     results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     docs = Path(cfg.docs)

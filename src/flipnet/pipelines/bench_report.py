@@ -59,12 +59,16 @@ def render_markdown(results: dict) -> str:
         out.append("")
     speed = {m: r["speed"] for m, r in results["methods"].items() if "speed" in r}
     if speed:
-        out += ["### Speed (128 px faces, CPU)", "",
-                "| method | faces/s b1 | faces/s b32 | peak MB b1 | peak MB b32 |",
-                "|---|---|---|---|---|"]
+        out += ["### Speed (128 px faces, CPU, each method in a fresh process)", "",
+                "| method | threads | faces/s b1 | faces/s b32 | peak RSS growth MB b1 | b32 |",
+                "|---|---|---|---|---|---|"]
         for m, s in speed.items():
-            out.append(f"| {m} | {s['faces_per_s_b1']:.1f} | {s['faces_per_s_b32']:.1f} | "
-                       f"{s['peak_mb_b1']:.0f} | {s['peak_mb_b32']:.0f} |")
+            if "error" in s:
+                out.append(f"| {m} | failed: {s['error']} | | | | |")
+                continue
+            out.append(f"| {m} | {s['threads']} | {s['faces_per_s_b1']:.1f} | "
+                       f"{s['faces_per_s_b32']:.1f} | {s['peak_mb_b1']:.0f} | "
+                       f"{s['peak_mb_b32']:.0f} |")
         out.append("")
     out += ["![metrics](bench/metrics.png)", "![quality vs speed](bench/quality_speed.png)",
             "![before/after](bench/before_after.png)"]
