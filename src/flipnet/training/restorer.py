@@ -231,7 +231,7 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
         f"- command: `{command or 'train_restorer(cfg), see train_config.json'}`",
         "- final losses (mean of the last 20 log lines): "
         + (", ".join(f"{k} {v}" for k, v in losses.items()) or "n/a"),
-        "- weights: EMA, fp16 safetensors; `samples.png`: rows LQ | restored | HQ, "
+        "- weights: EMA, fp16 safetensors; `samples.png`: rows LQ | restored, "
         + (f"test-split faces ({', '.join(cfg.eval_presets)})" if evaluation
            else "training pairs"),
         "- terms: trained on UTKFace-derived crops: non-commercial research use only.",
@@ -385,8 +385,9 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                     sample_model, cfg.data_dir, cfg.eval_presets, size=cfg.restorer.image_size,
                     count=cfg.eval_count)
                 write_bytes_atomic(folder / "eval.json", json.dumps(evaluation, indent=1).encode())
-                save_grid(folder / "samples.png", figure.reshape(-1, *figure.shape[2:]),
-                          ncol=figure.shape[1])
+                shown = figure[:2]  # LQ | restored: data-set HQ images stay out of weights/
+                save_grid(folder / "samples.png", shown.reshape(-1, *shown.shape[2:]),
+                          ncol=shown.shape[1])
             except FlipnetError as e:  # e.g. no test-split faces in a small folder
                 tqdm.write(f"quick check skipped: {e}")
         if evaluation is None:
