@@ -142,8 +142,7 @@ def test_synthetic_run_exports_card_samples_and_check(faces, tmp_path):
         folder = train_restorer(_cfg(faces, tmp_path / "run", steps=3, sample_every=3,
                                      eval_count=5), command="pytest")
     assert (tmp_path / "run" / "samples" / "step-0000003.png").is_file()
-    # the shipped figure: rows LQ | restored | HQ, 2 test faces x 2 presets, 2 px padding
-    # rows LQ | restored (no data-set HQ row in exported weights)
+    # the shipped figure: rows LQ | restored (no data-set HQ row), 2 faces x 2 presets, 2 px pad
     assert load_image(folder / "samples.png").rgb.shape == (2 * 34 + 2, 4 * 34 + 2, 3)
     card = (folder / "MODEL_CARD.md").read_text()
     assert "3 steps" in card and str(faces) in card and "`pytest`" in card
