@@ -200,3 +200,14 @@ def test_batch_log_counts():
     with pytest.warns(UserWarning, match="skipped x.png: corrupt"):
         log.skip("x.png", "corrupt")
     assert log.summary() == "2 done, 1 skipped"
+
+
+def test_outputs_get_normal_permissions(tmp_path, rgb):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        p = save_image(tmp_path / "x.png", rgb)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644

@@ -168,6 +168,7 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
             im.save(f, format=fmt, **kwargs)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except OSError as e:
         _silent_unlink(tmp)
@@ -191,11 +192,19 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except OSError as e:
         _silent_unlink(tmp)
         raise OutputPathError(f"{path}: could not be written ({e.strerror or e})") from None
     return path
+
+
+def _umask_mode() -> int:
+    """0o666 minus the process umask: what a plain open() would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _silent_unlink(p: str) -> None:
