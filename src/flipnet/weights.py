@@ -112,3 +112,24 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: st
                          f"{tuple(state[k].shape)} vs config {tuple(own[k].shape)})")
         raise WeightsError(f"{where}: weights do not match the config: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a foreign .pt/.pth (``weights_only``: pickles refused) or .safetensors file,
+    unwrapping ``{'state_dict' | 'model' | 'ema' | 'params': ...}``; WeightsError naming it."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for refused/corrupt pickles
+        raise WeightsError(f"{path}: not a plain tensor checkpoint; pickled objects are refused "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    for key in ("state_dict", "model", "ema", "params"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a dict of tensors")
+    return obj

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from flipnet.errors import WeightsError
 from flipnet.io import to_tensor
+from flipnet.weights import read_checkpoint_file
 
 ENV_VAR = "FLIPNET_FID_INCEPTION"
 CHECKPOINT_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -188,21 +189,6 @@ class FIDInceptionV3(nn.Module):
         return x.mean(dim=(2, 3))  # (N, 2048)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A .pth (weights_only) or .safetensors file -> state dict; WeightsError naming the file."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        raise WeightsError(f"{path}: cannot read as a PyTorch state dict ({e})") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return state
-
-
 def load_fid_inception(path: str | os.PathLike | None = None, *,
                        device: str | torch.device = "cpu") -> FIDInceptionV3:
     """FIDInceptionV3 with the weights at ``path`` (or ``$FLIPNET_FID_INCEPTION``), eval mode."""
@@ -215,7 +201,7 @@ def load_fid_inception(path: str | os.PathLike | None = None, *,
     path = Path(path)
     if not path.is_file():
         raise InceptionUnavailable(f"{path}: FID-Inception weights file not found")
-    state = _read_state_dict(path)
+    state = read_checkpoint_file(path)
     model = FIDInceptionV3()
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

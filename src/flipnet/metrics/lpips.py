@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from flipnet.errors import WeightsError
 from flipnet.io import to_tensor
+from flipnet.weights import read_checkpoint_file
 
 HEADS_DIR = Path(__file__).resolve().parents[1] / "data" / "lpips_heads"
 ENV_VARS = {"vgg": "FLIPNET_LPIPS_VGG", "alex": "FLIPNET_LPIPS_ALEX"}
@@ -92,21 +93,6 @@ class LPIPS(nn.Module):
         return total
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    """A .pth (weights_only) or .safetensors state dict; WeightsError naming the file."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        raise WeightsError(f"{path}: cannot read as a PyTorch state dict ({e})") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return state
-
-
 def load_lpips(net: str = "alex", backbone_path: str | os.PathLike | None = None, *,
                device: str | torch.device = "cpu") -> LPIPS:
     """LPIPS with shipped heads and the user's torchvision backbone weights, in eval mode."""
@@ -122,7 +108,7 @@ def load_lpips(net: str = "alex", backbone_path: str | os.PathLike | None = None
     if not backbone_path.is_file():
         raise LPIPSUnavailable(f"{backbone_path}: LPIPS {net} backbone weights file not found")
     model = LPIPS(net)
-    state = _read(backbone_path)
+    state = read_checkpoint_file(backbone_path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     wanted = model.features.state_dict()
     backbone = {}
@@ -140,7 +126,7 @@ def load_lpips(net: str = "alex", backbone_path: str | os.PathLike | None = None
     if not heads_path.is_file():
         raise LPIPSUnavailable(f"{heads_path}: shipped LPIPS heads missing "
                                "(run scripts/extract_lpips_heads.py)")
-    heads = _read(heads_path)
+    heads = read_checkpoint_file(heads_path)
     model.lins.load_state_dict({k.removeprefix("lin"): v for k, v in heads.items()})
     return model.to(device).eval().requires_grad_(False)
 

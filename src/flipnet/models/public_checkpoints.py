@@ -24,7 +24,7 @@ from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.attention import AttentionBlock
 from flipnet.models.prior import Prior, ScheduleConfig
 from flipnet.models.unet import UNet, UNetConfig
-from flipnet.weights import load_into
+from flipnet.weights import load_into, read_checkpoint_file
 
 # DifFace (Yue & Loy, TPAMI 2024) FFHQ-512 prior "iddpm_ffhq512_ema500000.pth", flags from its
 # configs/sample/iddpm_ffhq512_swinir.yaml (model + diffusion sections).
@@ -146,28 +146,6 @@ def convert_guided_state(state: dict[str, torch.Tensor], model: UNet, *,
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a .pt/.pth (weights_only) or .safetensors file, unwrapping {'state_dict': ...}."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: checkpoint not found") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for refused/corrupt pickles
-        raise WeightsError(f"{path}: not a plain tensor checkpoint; pickled objects are refused "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    for key in ("state_dict", "model", "ema", "params"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: expected a dict of tensors")
-    return obj
-
-
 class TimestepScaled(nn.Module):
     """Calls the wrapped model with t * scale (guided-diffusion ``rescale_timesteps``)."""
 
@@ -184,7 +162,7 @@ def load_guided_diffusion(path: str | os.PathLike, *, flags: dict | str | None =
                           device: str | torch.device = "cpu") -> Prior:
     """Load a guided-diffusion / improved-DDPM UNet checkpoint as an eps-prediction ``Prior``."""
     path = Path(path)
-    state = read_state_dict(path)
+    state = read_checkpoint_file(path)
     if flags is None and path.with_suffix(".json").is_file():
         flags = str(path.with_suffix(".json"))
     candidates = [flags] if flags is not None else list(PRESETS)

@@ -196,15 +196,17 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     emb = IdentityEmbedder(aligned=True)
     results: dict = {"config": asdict(cfg), "methods": {}, "sets": list(sets)}
     grid_rows = []
+    # each set is read once, not once per method
+    loaded = {sname: (_images(s), [load_image(Path(s["gt"]) / f"{n}.png").rgb
+                                   for n in s["names"]] if s["gt"] else None)
+              for sname, s in sets.items()}
     with Progress(disable=not progress) as bar:
         task = bar.add_task("bench", total=len(names) * len(sets))
         for mname in names:
             method = make_method(mname, device="cpu", steps=cfg.prior_steps, seed=cfg.seed)
             res = results["methods"][mname] = {"sets": {}}
             for sname, s in sets.items():
-                lq = _images(s)
-                gt = [load_image(Path(s["gt"]) / f"{n}.png").rgb for n in s["names"]] \
-                    if s["gt"] else None
+                lq, gt = loaded[sname]
                 t0 = time.perf_counter()
                 pred = list(method.restore(np.stack(lq)))
                 sec = time.perf_counter() - t0
