@@ -1,0 +1,370 @@
+"""``flipnet serve``: a local web page (FastAPI + one static HTML page) for restoring photos.
+
+Why FastAPI and not Gradio: a few hundred lines, no front-end bundle or CDN (works offline), and
+the HTTP API is tested directly with httpx. Endpoints:
+
+``GET /``              the page (``flipnet/web/index.html`` + ``app.js`` + ``style.css``)
+``GET /api/methods``   ``{"methods": [{"name", "fidelity"}], "default", "max_upload_mb"}``
+``POST /api/restore``  multipart ``file`` (+ ``method``, ``fidelity``, ``aligned``, ``upscale``)
+                       -> ``image/png``; headers ``X-Faces-Found``, ``X-Faces-Skipped``,
+                       ``X-Seconds``, ``X-Method``, ``X-Message`` ("no face found" when none)
+``GET /healthz``       ``{"ok": true, "busy": n, "capacity": n}``
+
+Errors are JSON ``{"error": message}``: 400 for bad input (naming the uploaded file), 413 for an
+upload over the size limit, 503 ``"busy, try again"`` at once when ``workers + queue``
+restorations are already admitted (never a hang), 500 for a server-side failure.
+Restorations run in a thread pool of ``workers`` threads; each method is loaded once and cached.
+"""
+
+import asyncio
+import io
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flipnet.errors import FlipnetError, ImageReadError, WeightsError
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+FIDELITY_METHODS = frozenset({"prior", "flipnet"})  # methods whose constructor uses ``fidelity``
+BUSY_MESSAGE = "busy, try again"
+MAX_UPSCALE = 4.0
+_TRUE = {"1", "true", "on", "yes"}
+log = logging.getLogger("flipnet.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``flipnet serve`` runs with."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (127.0.0.1 = this "
+                                                             "machine only)."})
+    port: int = field(default=7860, metadata={"help": "TCP port."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
+    workers: int = field(default=1, metadata={"help": "Restorations run at the same time."})
+    queue: int = field(default=4, metadata={"help": "Uploads that may wait for a worker; beyond "
+                                                    "workers + queue the answer is 503 busy."})
+    max_upload_mb: float = field(default=20.0, metadata={"help": "Largest upload accepted (MB)."})
+    method: str = field(default="restorer", metadata={"help": "Method selected on the page."})
+    steps: int = field(default=50, metadata={"help": "Sampling steps (diffusion methods)."})
+    max_pixels: int = field(default=40_000_000, metadata={
+        "help": "Largest photo accepted, in pixels, after upscaling."})
+
+
+class Capacity:
+    """A thread-safe admission counter: at most ``limit`` requests admitted at once."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        """Admit one more request if below the limit; never blocks."""
+        with self._lock:
+            if self.in_use >= self.limit:
+                return False
+            self.in_use += 1
+            return True
+
+    def release(self) -> None:
+        """One admitted request has finished."""
+        with self._lock:
+            self.in_use -= 1
+
+
+class MethodCache:
+    """Restoration methods built once per (name, fidelity) and shared by all requests.
+
+    Bounded (least recently used entries dropped) so that many fidelity values cannot grow memory;
+    the lock makes concurrent first requests build a method only once.
+    """
+
+    def __init__(self, factory: Callable[[str, float], object], *, max_entries: int = 4):
+        self.factory = factory
+        self.max_entries = max_entries
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, fidelity: float = 0.5):
+        """The method ``name`` (fidelity rounded to 0.1 where the method has that knob)."""
+        fid = round(float(fidelity), 1) if name in FIDELITY_METHODS else 0.5
+        key = (name, fid)
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = self.factory(name, fid)
+                while len(self._items) > self.max_entries:
+                    self._items.popitem(last=False)
+            self._items.move_to_end(key)
+            return self._items[key]
+
+
+def default_method_factory(cfg: ServeConfig) -> Callable[[str, float], object]:
+    """``(name, fidelity) -> FaceMethod`` through ``flipnet.pipelines.methods.make_method``."""
+    from flipnet.pipelines.methods import make_method
+
+    def make(name: str, fidelity: float):
+        return make_method(name, None, device=cfg.device, fidelity=fidelity, steps=cfg.steps,
+                           seed=0)
+
+    return make
+
+
+def decode_upload(data: bytes, filename: str, *, max_pixels: int) -> "LoadedImage":  # noqa: F821
+    """Decode uploaded bytes with ``flipnet.io.load_image``; errors name the uploaded file."""
+    from flipnet.io import load_image
+
+    if not data:
+        raise ImageReadError(filename, "file is empty (0 bytes)")
+    fd, tmp = tempfile.mkstemp(prefix="flipnet-upload-", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            return load_image(tmp, max_pixels=max_pixels)
+        except ImageReadError as e:
+            raise ImageReadError(filename, e.problem) from None
+    finally:
+        os.unlink(tmp)
+
+
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
+    """uint8 (H, W, 3) RGB (+ (H, W) alpha) -> PNG bytes."""
+    from PIL import Image
+
+    im = Image.fromarray(rgb, "RGB") if alpha is None else \
+        Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def restore_upload(data: bytes, filename: str, method, *, aligned: bool = False,
+                   upscale: float = 1.0, max_pixels: int = 40_000_000) -> tuple[bytes, dict]:
+    """Decode an upload, restore every face (``restore_photo``) and return (PNG bytes, info)."""
+    from flipnet.pipelines.restore import restore_photo
+
+    t0 = time.perf_counter()
+    img = decode_upload(data, filename, max_pixels=max_pixels)
+    h, w = img.rgb.shape[:2]
+    if h * w * upscale * upscale > max_pixels:
+        raise ImageReadError(filename, f"{w}x{h} upscaled x{upscale:g} is over the limit of "
+                                       f"{max_pixels:,} pixels")
+    res = restore_photo(img.rgb, method, aligned=aligned, upscale=upscale, is_gray=img.is_gray,
+                        alpha=img.alpha)
+    png = encode_png(res.image, res.alpha)
+    found = sum(f.restored is not None for f in res.faces)
+    skipped = [f.skipped for f in res.faces if f.skipped]
+    message = "no face found" if not res.faces else (
+        f"{found} face(s) restored" + (f", {len(skipped)} too small" if skipped else ""))
+    return png, {"faces": found, "skipped": len(skipped), "message": message,
+                 "seconds": round(time.perf_counter() - t0, 3),
+                 "size": [int(res.image.shape[1]), int(res.image.shape[0])]}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_mb`` (plus 64 KiB for the form's other fields)
+    gets 413 with a JSON message.
+
+    Checks ``Content-Length`` first and otherwise counts streamed bytes; the rest of an oversize
+    body is read and discarded (up to ``drain_factor`` times the limit) so the client sees the
+    answer instead of a reset connection.
+    """
+
+    def __init__(self, app, *, max_mb: float, drain_factor: int = 8):
+        self.app, self.max_mb, self.drain_factor = app, max_mb, drain_factor
+        self.max_bytes = int(max_mb * 2**20) + 64 * 1024
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive, 0)
+            return await self._reject(send)
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    if message.get("more_body"):
+                        await self._drain(receive, seen)
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _drain(self, receive, seen: int) -> None:
+        while seen <= self.max_bytes * self.drain_factor:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+    async def _reject(self, send) -> None:
+        from starlette.responses import JSONResponse
+
+        resp = JSONResponse({"error": f"upload is over the size limit of {self.max_mb:g} MB"}, 413,
+                            headers={"Connection": "close"})
+        await resp({"type": "http"}, None, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _parse_float(form, key: str, default: float, lo: float, hi: float) -> float:
+    raw = form.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise FlipnetError(f"{key} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise FlipnetError(f"{key} must be in [{lo:g}, {hi:g}], got {value:g}")
+    return value
+
+
+def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | None = None,
+               method_names: list[str] | None = None):
+    """The FastAPI app; ``method_factory(name, fidelity)`` and ``method_names`` replace the
+    shipped methods (tests inject a slow fake)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.datastructures import UploadFile
+
+    cfg = cfg or ServeConfig()
+    if cfg.workers < 1 or cfg.queue < 0:
+        raise FlipnetError(f"workers must be >= 1 and queue >= 0, got {cfg.workers}, {cfg.queue}")
+    if method_names is None:
+        from flipnet.pipelines.methods import available_methods
+
+        method_names = available_methods()
+    if cfg.method not in method_names:
+        raise FlipnetError(f"method {cfg.method!r} is not available; choose from "
+                           f"{', '.join(method_names)}")
+    methods = MethodCache(method_factory or default_method_factory(cfg))
+    capacity = Capacity(cfg.workers + cfg.queue)
+    pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="flipnet-restore")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="flipnet", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_mb=cfg.max_upload_mb)
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.state.capacity, app.state.methods, app.state.pool = capacity, methods, pool
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/")
+    async def index():
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"ok": True, "busy": capacity.in_use, "capacity": capacity.limit}
+
+    @app.get("/api/methods")
+    async def list_methods():
+        return {"methods": [{"name": n, "fidelity": n in FIDELITY_METHODS} for n in method_names],
+                "default": cfg.method, "max_upload_mb": cfg.max_upload_mb}
+
+    def job(data: bytes, filename: str, name: str, fidelity: float, aligned: bool,
+            upscale: float) -> tuple[bytes, dict]:
+        method = methods.get(name, fidelity)
+        return restore_upload(data, filename, method, aligned=aligned, upscale=upscale,
+                              max_pixels=cfg.max_pixels)
+
+    @app.post("/api/restore")
+    async def restore(request: Request):
+        # admission first, so a busy server answers at once without parsing the upload
+        if not capacity.try_acquire():
+            async for _ in request.stream():  # read (and drop) the body: no reset connection
+                pass
+            return JSONResponse({"error": BUSY_MESSAGE}, 503, headers={"Retry-After": "1"})
+        submitted = False
+        filename = "upload"
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                return error(400, "no file uploaded (multipart field 'file')")
+            filename = os.path.basename(upload.filename or "upload")
+            name = str(form.get("method") or cfg.method)
+            if name not in method_names:
+                return error(400, f"unknown method {name!r}; choose from {', '.join(method_names)}")
+            fidelity = _parse_float(form, "fidelity", 0.5, 0.0, 1.0)
+            upscale = _parse_float(form, "upscale", 1.0, 1.0, MAX_UPSCALE)
+            aligned = str(form.get("aligned", "")).lower() in _TRUE
+            data = await upload.read()
+            await form.close()
+            # the worker releases the slot when the restoration really ends (even if the client
+            # went away), so no more than workers + queue restorations are ever pending
+            future = pool.submit(job, data, filename, name, fidelity, aligned, upscale)
+            submitted = True
+            future.add_done_callback(lambda _: capacity.release())
+            png, info = await asyncio.wrap_future(future)
+        except WeightsError as e:
+            return error(500, str(e))
+        except FlipnetError as e:
+            return error(400, str(e))
+        except Exception as e:  # a bug: log it, answer with a message instead of a traceback
+            if isinstance(e, _TooLarge):
+                raise
+            log.exception("restoring %s failed", filename)
+            return error(500, f"{filename}: restoration failed ({type(e).__name__}: {e})")
+        finally:
+            if not submitted:
+                capacity.release()
+        stem = Path(filename).stem or "photo"
+        return Response(png, media_type="image/png", headers={
+            "X-Faces-Found": str(info["faces"]), "X-Faces-Skipped": str(info["skipped"]),
+            "X-Message": info["message"], "X-Seconds": str(info["seconds"]), "X-Method": name,
+            "Content-Disposition": f'inline; filename="{_safe(stem)}_restored.png"'})
+
+    return app
+
+
+def _safe(stem: str) -> str:
+    """A file name safe inside a header: ASCII letters, digits, '-', '_' and '.'."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in stem)[:80]
+
+
+def run_server(cfg: ServeConfig | None = None) -> None:
+    """Serve the page with uvicorn until interrupted (the ``flipnet serve`` command)."""
+    import uvicorn
+
+    cfg = cfg or ServeConfig()
+    app = create_app(cfg)
+    print(f"flipnet serve: http://{cfg.host}:{cfg.port}/  (workers {cfg.workers}, queue "
+          f"{cfg.queue}, max upload {cfg.max_upload_mb:g} MB; Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5)
