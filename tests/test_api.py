@@ -25,3 +25,13 @@ def test_degrader_deterministic(astronaut):
     assert pa == pb and a.shape == face.shape
     c, _ = Degrader("codeformer", seed=4, face_size=128).degrade(face)
     assert not np.array_equal(a, c)
+
+
+def test_restore_batch_matches_single_and_keeps_types(astronaut):
+    r = Restorer.load("bicubic")
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    batch = r.restore_batch([astronaut, Image.fromarray(flipped)])
+    assert isinstance(batch[0].image, np.ndarray) and isinstance(batch[1].image, Image.Image)
+    np.testing.assert_array_equal(batch[0].image, r.restore(astronaut).image)
+    np.testing.assert_array_equal(np.asarray(batch[1].image), r.restore(flipped).image)
+    assert [len(b.faces) for b in batch] == [1, 1]

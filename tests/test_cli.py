@@ -12,8 +12,8 @@ from flipnet.io import save_image
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "flipnet.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, "-m", "flipnet.cli", *args], check=False,
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_help_lists_commands():
@@ -61,3 +61,28 @@ def test_eval_gt_and_bad_pairs(tmp_path, astronaut):
     r = run("eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
             "--no-identity")
     assert r.returncode == 2 and "f0" in r.stderr and "differs" in r.stderr
+
+
+def test_restore_exit_codes_for_bad_inputs(tmp_path, astronaut):
+    src = tmp_path / "in"
+    save_image(src / "small.png", np.ascontiguousarray(astronaut[::4, ::4]))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (src / "empty.png").write_bytes(b"")
+    r = run("restore", str(src), "-o", str(tmp_path / "out"), "--method", "input")
+    assert r.returncode == 1, r.stderr  # finished, but some inputs were skipped
+    errors = sorted(ln for ln in r.stderr.splitlines() if ln.startswith("error:"))
+    assert len(errors) == 2 and "broken.jpg" in errors[0] and "empty.png" in errors[1]
+    assert "empty (0 bytes)" in errors[1] and "Traceback" not in r.stderr
+    assert (tmp_path / "out" / "restored_imgs" / "small.png").exists()
+    # nothing to do, a missing input, an output path that is a file: exit 2, one line
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for args, words in ((("restore", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")),
+                         "no images or videos found"),
+                        (("restore", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")),
+                         "does not exist"),
+                        (("restore", str(src / "small.png"), "-o", str(tmp_path / "afile"),
+                          "--method", "input"), "cannot create the output folders")):
+        r = run(*args)
+        assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr

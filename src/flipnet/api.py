@@ -4,6 +4,8 @@
     r = Restorer.load("restorer")          # a method name, or a weights folder path
     result = r.restore(photo)              # numpy uint8 RGB or PIL image in, same type out
     result.image, result.faces[0].box
+    r.restore_batch([photo1, photo2])      # one forward pass over all their faces
+    r.restore_video("clip.mp4", "out")     # -> out/restored_videos/clip.mp4, audio kept
     lq, params = Degrader("codeformer", seed=0).degrade(face)
 """
 
@@ -58,8 +60,8 @@ class Restorer:
         self.upscale, self.aligned, self.only_center_face = upscale, aligned, only_center_face
 
     @classmethod
-    def load(cls, name_or_path: str = "restorer", *, device: str = "auto", method: str | None = None,
-             **options) -> "Restorer":
+    def load(cls, name_or_path: str = "restorer", *, device: str = "auto",
+             method: str | None = None, **options) -> Restorer:
         """A method by name (restorer, finetuned, prior, bicubic) or a restorer weights folder."""
         from flipnet.pipelines.methods import METHODS, make_method
 
@@ -82,8 +84,24 @@ class Restorer:
         return Result(image=_from_array(res.image, as_pil, res.alpha), faces=res.faces)
 
     def restore_batch(self, images) -> list[Result]:
-        """Restore several photos."""
-        return [self.restore(im) for im in images]
+        """Restore several photos, with one forward pass over the faces of all of them."""
+        from flipnet.pipelines.restore import restore_frames, scale_alpha
+
+        if self.aligned:
+            return [self.restore(im) for im in images]
+        arrays = [_to_array(im) for im in images]  # (rgb, was_pil, alpha) each
+        done = restore_frames([a[0] for a in arrays], self.method, upscale=self.upscale,
+                              only_center_face=self.only_center_face)
+        return [Result(image=_from_array(r.image, as_pil, scale_alpha(alpha, r.image)),
+                       faces=r.faces) for r, (_, as_pil, alpha) in zip(done, arrays)]
+
+    def restore_video(self, path, out_dir, **options) -> dict:
+        """Restore a video file into ``out_dir/restored_videos/<name>.mp4`` (audio kept)."""
+        from flipnet.pipelines.video import restore_video
+
+        return restore_video(path, out_dir, self.method, upscale=self.upscale,
+                             only_center_face=self.only_center_face, aligned=self.aligned,
+                             **options)
 
 
 class Degrader:

@@ -1,4 +1,4 @@
-"""The ``flipnet`` command: prepare | degrade | restore | train | sample | eval | bench | demo.
+"""The ``flipnet`` command: prepare | degrade | restore | train | sample | eval | bench | serve | demo.
 
 Every failure flipnet anticipates (a bad file, missing weights, a bad option) is printed as one
 ``error:`` line with exit status 2; no traceback. Heavy modules are imported inside commands so
@@ -64,8 +64,10 @@ def degrade(src, dst, method, dry_run, **kwargs) -> None:
     if dry_run:
         return print_config(cfg)
     if method == "flipnet":
-        raise FlipnetError("--method flipnet needs trained FLIPNET weights, which are not "
-                           "shipped yet (see issue: FLIPNET)")
+        from flipnet.pipelines.degrade import flipnet_degrade_folder
+
+        click.echo(flipnet_degrade_folder(src, dst, cfg).summary())
+        return
     from flipnet.degradations.presets import get_preset, rescale_blur
 
     # the published ranges are for 512 px faces: shrink the blur with the face size
@@ -105,7 +107,7 @@ def eval_(dry_run, **kwargs) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", type=click.Path(), required=True, help="Output folder.")
 @click.option("--method", default="restorer",
-              type=click.Choice(["restorer", "finetuned", "prior", "bicubic", "input"]),
+              type=click.Choice(["restorer", "finetuned", "prior", "flipnet", "bicubic", "input"]),
               help="Restoration method.")
 @click.option("--weights", default=None, help="Weights folder (default: the shipped one).")
 @click.option("--upscale", default=1.0, help="Upscale the whole photo (background: Lanczos).")
@@ -122,14 +124,24 @@ def eval_(dry_run, **kwargs) -> None:
 @click.option("--detector", default="hog", type=click.Choice(["hog", "cnn"]), help="Face detector.")
 def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fidelity, steps, seed,
             device, batch_size, ext, detector) -> None:
-    """Restore the faces in photos (files or folders) into GFPGAN's output layout."""
+    """Restore the faces in photos and videos (files or folders) into GFPGAN's output layout.
+
+    Videos (mp4 mov mkv avi webm m4v) go to OUT/restored_videos/NAME.mp4 with their audio.
+    Exit status: 0 all done, 1 some inputs skipped (each named on stderr), 2 error.
+    Under `accelerate launch --num_processes N` the inputs are split across the processes.
+    """
     from flipnet.io import list_images
     from flipnet.pipelines.methods import make_method
-    from flipnet.pipelines.restore import restore_files
+    from flipnet.pipelines.restore import distributed_state, restore_files
+    from flipnet.pipelines.video import is_video, list_videos
 
-    files = [f for src in inputs for f in list_images(src)]
+    files = sorted({Path(f) for src in inputs for f in (
+        [Path(src)] if Path(src).is_file() else list_images(src) + list_videos(src))})
     if not files:
-        raise FlipnetError(f"no images found in {', '.join(inputs)}")
+        raise FlipnetError(f"no images or videos found in {', '.join(inputs)}")
+    state = distributed_state()
+    if state is not None and device == "auto":
+        device = str(state.device)  # one device per process
     m = make_method(method, weights, device=device, batch_size=batch_size, steps=steps,
                     seed=seed, fidelity=fidelity)
     settings = {"method": method, "weights": weights, "upscale": upscale, "aligned": aligned,
@@ -137,11 +149,16 @@ def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fi
                 "seed": seed, "device": device, "batch_size": batch_size, "detector": detector}
     report = restore_files(files, Path(out), m, ext=ext, settings=settings, upscale=upscale,
                            aligned=aligned, only_center_face=only_center_face, detector=detector)
+    if state is not None and not state.is_main_process:
+        return
     faces = sum(v.get("faces", 0) for v in report["images"].values())
-    click.echo(f"{report['done']} images, {faces} faces restored, {len(report['skipped_files'])} "
-               f"skipped, {report['seconds']} s -> {out}")
+    videos = sum(is_video(p) for p in report["images"])
+    click.echo(f"{report['done']} files ({videos} videos), {faces} faces restored, "
+               f"{len(report['skipped_files'])} skipped, {report['seconds']} s -> {out}")
     for path, why in report["skipped_files"].items():
-        click.echo(f"  skipped {path}: {why}")
+        click.echo(f"error: {path}: {why}", err=True)
+    if report["skipped_files"]:
+        sys.exit(1)
 
 
 @cli.group()
@@ -159,6 +176,31 @@ def train_prior_cmd(dry_run, **kwargs) -> None:
     if dry_run:
         return print_config(cfg)
     click.echo(f"prior exported to {train_prior(cfg)}")
+
+
+@train.command(name="embedder")
+@config_options(__import__("flipnet.training.face_embedding",
+                           fromlist=["EmbedderTrainConfig"]).EmbedderTrainConfig)
+def train_embedder_cmd(dry_run, **kwargs) -> None:
+    """Train FLIPNET's face embedder (stage I reconstruction, stage II LQ->HQ token alignment)."""
+    from flipnet.training.face_embedding import EmbedderTrainConfig, train_face_embedding
+
+    cfg = resolve_config(EmbedderTrainConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"embedder exported to {train_face_embedding(cfg)}")
+
+
+@train.command(name="flipnet")
+@config_options(__import__("flipnet.training.flipnet", fromlist=["FlipNetTrainConfig"]).FlipNetTrainConfig)
+def train_flipnet_cmd(dry_run, **kwargs) -> None:
+    """Train FLIPNET adapters on a frozen prior (restoration + degradation mode every step)."""
+    from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
+
+    cfg = resolve_config(FlipNetTrainConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"FLIPNET exported to {train_flipnet(cfg)}")
 
 
 @train.command(name="restorer")
@@ -196,7 +238,8 @@ def pseudo_targets(src, dst, dry_run, **kwargs) -> None:
 @config_options(__import__("flipnet.training.finetune", fromlist=["FinetuneConfig"]).FinetuneConfig)
 def finetune(dry_run, **kwargs) -> None:
     """Fine-tune a restorer on unlabeled real LQ faces with diffusion-prior pseudo targets."""
-    from flipnet.training.finetune import FinetuneConfig, finetune as run
+    from flipnet.training.finetune import FinetuneConfig
+    from flipnet.training.finetune import finetune as run
 
     cfg = resolve_config(FinetuneConfig, kwargs)
     if dry_run:
@@ -238,6 +281,18 @@ def bench(dry_run, **kwargs) -> None:
     results = run_bench(cfg)
     click.echo(f"bench: {len(results['methods'])} methods x {len(results['sets'])} sets in "
                f"{results['seconds'] / 60:.1f} min -> {cfg.docs}/BENCHMARKS.md")
+
+
+@cli.command()
+@config_options(__import__("flipnet.serve", fromlist=["ServeConfig"]).ServeConfig)
+def serve(dry_run, **kwargs) -> None:
+    """Start the local web page: upload a photo, pick a method, compare before/after, download."""
+    from flipnet.serve import ServeConfig, run_server
+
+    cfg = resolve_config(ServeConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    run_server(cfg)
 
 
 @cli.command()

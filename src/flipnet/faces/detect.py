@@ -110,7 +110,7 @@ def detect_faces(rgb: np.ndarray, *, detector: str = "hog", upsample: int = 0,
         raise ValueError(f"detect_faces expects uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
 
     # pad at full resolution, so the predictor also sees context around a tight crop
-    pad_px = int(round(pad * max(rgb.shape[:2])))
+    pad_px = round(pad * max(rgb.shape[:2]))
     full = _pad_image(rgb, pad_px, pad_mode) if pad_px > 0 else np.ascontiguousarray(rgb)
 
     # detect on a bounded-size copy
@@ -131,8 +131,8 @@ def detect_faces(rgb: np.ndarray, *, detector: str = "hog", upsample: int = 0,
         if score < min_score:
             continue
         bx0, by0, bx1, by1 = (x0 / scale, y0 / scale, x1 / scale, y1 / scale)
-        rect = dlib.rectangle(int(round(bx0)), int(round(by0)),
-                              int(round(bx1)) - 1, int(round(by1)) - 1)
+        rect = dlib.rectangle(round(bx0), round(by0),
+                              round(bx1) - 1, round(by1) - 1)
         shape = predictor(full, rect)
         pts = np.array([(p.x, p.y) for p in shape.parts()], np.float32) - pad_px  # (68, 2)
         box = (bx0 - pad_px, by0 - pad_px, bx1 - pad_px, by1 - pad_px)
@@ -140,6 +140,32 @@ def detect_faces(rgb: np.ndarray, *, detector: str = "hog", upsample: int = 0,
                           landmarks5=landmarks5_from_68(pts), landmarks68=pts))
     faces.sort(key=lambda f: f.area, reverse=True)
     return faces
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def detect_all_faces(rgb: np.ndarray, *, detector: str = "hog", max_side: int = 2048,
+                     small_photo: int = 1024, min_extra_score: float = 0.3) -> list[Face]:
+    """``detect_faces``, plus (for photos whose long side <= ``small_photo``) a second pass at 2x
+    that adds faces smaller than HOG's 80 px window which the first pass missed.
+
+    Faces of the second pass are kept only with score >= ``min_extra_score`` and no overlap
+    (IoU > 0.3) with a first-pass face: upsampling also raises false positives (e.g. on the
+    astronaut's suit patch at score ~0.1), so the first pass is never changed, only added to.
+    """
+    faces = detect_faces(rgb, detector=detector, max_side=max_side)
+    if max(rgb.shape[:2]) > small_photo:
+        return faces
+    extra = [f for f in detect_faces(rgb, detector=detector, max_side=max_side, upsample=1)
+             if f.score >= min_extra_score and all(box_iou(f.box, g.box) <= 0.3 for g in faces)]
+    return sorted(faces + extra, key=lambda f: f.area, reverse=True)
 
 
 def main_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:

@@ -1,8 +1,8 @@
 """Paste restored face crops back into the whole image with a feathered mask (no seam).
 
-The crop is warped back with the inverse of the alignment affine; a mask of the crop square is
-warped the same way, eroded by the feather width and Gaussian-blurred over that width, so it is
-exactly 0 at the crop's edge and 1 well inside it. Pixels the mask does not reach are returned
+The crop is warped back with the inverse of the alignment affine; a mask of the crop square,
+eroded by the feather width and Gaussian-blurred over that width in crop pixels (so its cost does
+not grow with the photo), is warped the same way: 0 at the crop's edge and 1 well inside it. Pixels the mask does not reach are returned
 unchanged, bit for bit.
 """
 
@@ -42,6 +42,19 @@ def _check(image: np.ndarray, crop: np.ndarray, affine: np.ndarray) -> None:
         raise ValueError(f"paste_face expects a (2, 3) affine, got {np.asarray(affine).shape}")
 
 
+def feathered_mask(h: int, w: int, feather: float) -> np.ndarray:
+    """float32 (h, w) paste mask: eroded by ``feather`` x width, then blurred over that width."""
+    import cv2
+
+    width = int(round(feather * w))
+    if width <= 0:
+        return np.ones((h, w), np.float32)
+    mask = np.zeros((h, w), np.float32)
+    mask[width:h - width, width:w - width] = 1.0
+    return cv2.GaussianBlur(mask, (2 * width + 1, 2 * width + 1), width / 2.0,
+                            borderType=cv2.BORDER_CONSTANT)
+
+
 def _blend(background: np.ndarray, crop: np.ndarray, affine: np.ndarray, feather: float) -> None:
     """Blend ``crop`` (its ``affine`` maps background px -> crop px) into ``background`` in place."""
     import cv2
@@ -70,18 +83,10 @@ def _blend(background: np.ndarray, crop: np.ndarray, affine: np.ndarray, feather
     size = (x1 - x0, y1 - y0)
     face = cv2.warpAffine(crop, roi_inv, size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-    mask = cv2.warpAffine(np.ones((ch, cw), np.float32), roi_inv, size, flags=cv2.INTER_LINEAR,
+    # feather in crop pixels (cheap at any photo size), then warp: 0 at the edge, 1 inside
+    mask = feathered_mask(ch, cw, feather)
+    mask = cv2.warpAffine(mask, roi_inv, size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-
-    # feather: erode by the transition width, then blur over it (0 at the edge, 1 inside)
-    width = int(round(feather * cw * scale))
-    if width > 0:
-        mask = cv2.erode(mask, np.ones((2 * width + 1, 2 * width + 1), np.uint8),
-                         borderType=cv2.BORDER_REPLICATE)
-        mask = cv2.GaussianBlur(mask, (2 * width + 1, 2 * width + 1), width / 2.0,
-                                borderType=cv2.BORDER_REPLICATE)
-    else:
-        mask = (mask >= 0.5).astype(np.float32)
     mask = mask[:, :, None]  # (h', w', 1)
     region = background[y0:y1, x0:x1].astype(np.float32)
     blended = region * (1.0 - mask) + face * mask

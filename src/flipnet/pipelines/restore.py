@@ -12,6 +12,7 @@ and ``restored_imgs/`` under the output folder, plus ``report.json`` for the run
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,18 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from flipnet.errors import FlipnetError
-from flipnet.io import BatchLog, check_distinct, load_image, save_image, write_bytes_atomic
+from flipnet.errors import FlipnetError, OutputPathError
+from flipnet.io import (
+    BatchLog,
+    check_distinct,
+    load_image,
+    remove_partial_files,
+    save_image,
+    write_bytes_atomic,
+)
 from flipnet.viz import side_by_side
+
+DETECT_MAX_SIDE = 2048  # detection runs on a copy at most this large (bounded memory, #8)
 
 
 class FaceMethod(Protocol):
@@ -50,11 +60,16 @@ class FaceResult:
 
 @dataclass
 class PhotoResult:
-    """A restored photo (uint8 RGB, alpha kept) and its faces."""
+    """A restored photo (uint8 RGB, alpha kept), its faces, and seconds per stage."""
 
     image: np.ndarray
     faces: list[FaceResult] = field(default_factory=list)
     alpha: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # detect / align / restore / paste
+
+
+STAGES = ("detect", "align", "restore", "paste")
+SUBFOLDERS = ("cropped_faces", "restored_faces", "cmp", "restored_imgs", "restored_videos")
 
 
 def _to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -74,34 +89,25 @@ def restore_aligned(crop: np.ndarray, method: FaceMethod) -> np.ndarray:
     return out
 
 
-def restore_photo(rgb: np.ndarray, method: FaceMethod, *, aligned: bool = False,
-                  upscale: float = 1.0, only_center_face: bool = False, detector: str = "hog",
-                  min_face: int = 24, is_gray: bool = False,
-                  alpha: np.ndarray | None = None) -> PhotoResult:
-    """Restore every face of a uint8 RGB photo and paste it back (GFPGAN-style whole-photo BFR)."""
+def find_faces(rgb: np.ndarray, method: FaceMethod, *, only_center_face: bool = False,
+               detector: str = "hog", min_face: int = 24,
+               detect_max_side: int = DETECT_MAX_SIDE,
+               timings: dict[str, float] | None = None) -> list[FaceResult]:
+    """Detect (on a copy downscaled to ``detect_max_side``) and align every face of a photo."""
     from flipnet.faces.align import align_face
-    from flipnet.faces.detect import detect_faces
-    from flipnet.faces.paste import paste_faces
+    from flipnet.faces.detect import detect_all_faces
 
-    if aligned:
-        out = restore_aligned(rgb, method)
-        if upscale != 1.0:
-            size = (round(rgb.shape[1] * upscale), round(rgb.shape[0] * upscale))
-            out = cv2.resize(out, size, interpolation=cv2.INTER_LANCZOS4)
-        out = _to_gray(out) if is_gray else out
-        face = FaceResult(box=(0, 0, rgb.shape[1], rgb.shape[0]), landmarks5=[], crop=rgb,
-                          restored=out)
-        return PhotoResult(image=out, faces=[face], alpha=_scale_alpha(alpha, out))
-
-    faces = detect_faces(rgb, detector=detector)
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    faces = detect_all_faces(rgb, detector=detector, max_side=detect_max_side)
     if only_center_face and faces:
         cy, cx = rgb.shape[0] / 2, rgb.shape[1] / 2
         faces = [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2
                      + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)]
+    t1 = time.perf_counter()
     results: list[FaceResult] = []
-    todo = []
     for f in faces:
-        box = tuple(int(v) for v in f.box)
+        box = tuple(round(v) for v in f.box)
         lm = np.asarray(f.landmarks5, np.float32)
         if min(box[2] - box[0], box[3] - box[1]) < min_face:
             results.append(FaceResult(box, lm.tolist(), np.zeros((0, 0, 3), np.uint8), None,
@@ -109,77 +115,229 @@ def restore_photo(rgb: np.ndarray, method: FaceMethod, *, aligned: bool = False,
             continue
         al = align_face(rgb, lm, size=method.size, template=method.template)
         results.append(FaceResult(box, lm.tolist(), al.crop, None, al.affine))
-        todo.append(results[-1])
+    timings["detect"] = timings.get("detect", 0.0) + t1 - t0
+    timings["align"] = timings.get("align", 0.0) + time.perf_counter() - t1
+    return results
+
+
+def restore_frames(frames: list[np.ndarray], method: FaceMethod, *, upscale: float = 1.0,
+                   only_center_face: bool = False, detector: str = "hog", min_face: int = 24,
+                   is_gray: bool = False, detect_max_side: int = DETECT_MAX_SIDE
+                   ) -> list[PhotoResult]:
+    """Restore several photos (e.g. video frames) with one ``method.restore`` call for all faces."""
+    from flipnet.faces.paste import paste_faces
+
+    # detect + align each frame
+    timings = [dict.fromkeys(STAGES, 0.0) for _ in frames]
+    per_frame = [find_faces(rgb, method, only_center_face=only_center_face, detector=detector,
+                            min_face=min_face, detect_max_side=detect_max_side, timings=t)
+                 for rgb, t in zip(frames, timings)]
+
+    # restore every face of every frame in one batch; time shared by face count
+    todo = [r for faces in per_frame for r in faces if not r.skipped]
     if todo:
-        restored = method.restore(np.stack([r.crop for r in todo]))
+        t0 = time.perf_counter()
+        restored = method.restore(np.stack([r.crop for r in todo]))  # (N, S, S, 3)
         for r, crop in zip(todo, restored):
             r.restored = crop
-    image = paste_faces(rgb, [r.restored for r in todo], [r.affine for r in todo],
-                        upscale=upscale, is_gray=is_gray)
-    return PhotoResult(image=image, faces=results, alpha=_scale_alpha(alpha, image))
+        share = (time.perf_counter() - t0) / len(todo)
+        for faces, t in zip(per_frame, timings):
+            t["restore"] = share * sum(not r.skipped for r in faces)
+
+    # paste back (uint8 throughout; only face-sized float regions)
+    out = []
+    for rgb, faces, t in zip(frames, per_frame, timings):
+        t0 = time.perf_counter()
+        done = [r for r in faces if r.restored is not None]
+        image = paste_faces(rgb, [r.restored for r in done], [r.affine for r in done],
+                            upscale=upscale, is_gray=is_gray)
+        t["paste"] = time.perf_counter() - t0
+        out.append(PhotoResult(image=image, faces=faces, timings=t))
+    return out
 
 
-def _scale_alpha(alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray | None:
+def restore_photo(rgb: np.ndarray, method: FaceMethod, *, aligned: bool = False,
+                  upscale: float = 1.0, only_center_face: bool = False, detector: str = "hog",
+                  min_face: int = 24, is_gray: bool = False,
+                  alpha: np.ndarray | None = None,
+                  detect_max_side: int = DETECT_MAX_SIDE) -> PhotoResult:
+    """Restore every face of a uint8 RGB photo and paste it back (GFPGAN-style whole-photo BFR)."""
+    if aligned:
+        t0 = time.perf_counter()
+        out = restore_aligned(rgb, method)
+        if upscale != 1.0:
+            size = (round(rgb.shape[1] * upscale), round(rgb.shape[0] * upscale))
+            out = cv2.resize(out, size, interpolation=cv2.INTER_LANCZOS4)
+        out = _to_gray(out) if is_gray else out
+        face = FaceResult(box=(0, 0, rgb.shape[1], rgb.shape[0]), landmarks5=[], crop=rgb,
+                          restored=out)
+        return PhotoResult(image=out, faces=[face], alpha=scale_alpha(alpha, out),
+                           timings={"restore": time.perf_counter() - t0})
+    res = restore_frames([rgb], method, upscale=upscale, only_center_face=only_center_face,
+                         detector=detector, min_face=min_face, is_gray=is_gray,
+                         detect_max_side=detect_max_side)[0]
+    res.alpha = scale_alpha(alpha, res.image)
+    return res
+
+
+def scale_alpha(alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray | None:
+    """Resize an (H, W) alpha channel to the size of ``like`` (after ``--upscale``)."""
     if alpha is None or alpha.shape[:2] == like.shape[:2]:
         return alpha
     return cv2.resize(alpha, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def distributed_state():
+    """Accelerate's ``PartialState`` when launched with several processes (``accelerate launch
+    --multi_gpu``, torchrun), else None; without CUDA (or with ``--cpu``) it uses gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") \
+        or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def _shard(inputs: list[Path]):
+    """This process's share of ``inputs`` (index modulo world size) and the state, or all."""
+    state = distributed_state()
+    if state is None:
+        return list(inputs), None
+    return list(inputs)[state.process_index::state.num_processes], state
+
+
+def _previous_images(out_dir: Path) -> dict:
+    """Per-image entries of an earlier run's report.json (so a resumed run still reports faces)."""
+    try:
+        return json.loads((out_dir / "report.json").read_text()).get("images", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _write_report(path: Path, report: dict) -> None:
+    write_bytes_atomic(path, json.dumps(report, indent=1, default=str).encode())
+
+
+def _merge_parts(out_dir: Path, world: int) -> dict:
+    """Merge the per-process report parts of a sharded run into one report."""
+    parts = [json.loads((out_dir / f"report.part{r}.json").read_text()) for r in range(world)]
+    merged = {**parts[0], "images": {}, "skipped_files": {}, "done": 0, "processes": world}
+    for p in parts:
+        merged["images"].update(p["images"])
+        merged["skipped_files"].update(p["skipped_files"])
+        merged["done"] += p["done"]
+    merged["seconds"] = max(p["seconds"] for p in parts)
+    return merged
+
+
 def restore_files(inputs: list[Path], out_dir: Path, method: FaceMethod, *, ext: str = "auto",
                   progress: bool = True, settings: dict | None = None, **photo_kwargs) -> dict:
-    """Restore a list of photos into the GFPGAN output layout; bad files are skipped, finished
-    outputs kept, and a rerun skips photos whose restored image already exists."""
+    """Restore photos and videos into the GFPGAN output layout; bad files are skipped, finished
+    outputs kept, and a rerun skips inputs whose final output already exists.
+
+    Under ``accelerate launch --num_processes N`` each process takes inputs ``i % N == rank``
+    and the main process merges the per-process reports after a barrier.
+    """
     from rich.progress import Progress
 
+    from flipnet.pipelines.video import is_video, restore_video
+
     out_dir = Path(out_dir)
-    for sub in ("cropped_faces", "restored_faces", "cmp", "restored_imgs"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in SUBFOLDERS[:4]:
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputPathError(f"{out_dir}: cannot create the output folders "
+                              f"({e.strerror or e})") from None
+    mine, state = _shard(inputs)
+    if state is None or state.is_main_process:  # temp files of a killed run's writes
+        for folder in (out_dir, *(out_dir / sub for sub in SUBFOLDERS)):
+            remove_partial_files(folder)
+    if state is not None:
+        state.wait_for_everyone()
+    previous = _previous_images(out_dir)
     log = BatchLog()
     per_image: dict[str, dict] = {}
     t_start = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("restoring", total=len(inputs))
-        for path in inputs:
+    show = progress and (state is None or state.is_main_process)
+    with Progress(disable=not show, transient=True) as bar:
+        task = bar.add_task("restoring", total=len(mine))
+        for path in mine:
             bar.advance(task)
-            stem = path.stem
-            suffix = path.suffix.lower() if ext == "auto" else "." + ext.lstrip(".")
-            final = out_dir / "restored_imgs" / f"{stem}{suffix}"
-            try:
-                check_distinct(final, path)
-            except FlipnetError as e:
-                log.skip(path, str(e))
+            path = Path(path)
+            if is_video(path):
+                try:
+                    per_image[str(path)] = restore_video(path, out_dir, method, bar=bar,
+                                                         **photo_kwargs)
+                    log.done += 1
+                except FlipnetError as e:
+                    log.skip(path, getattr(e, "problem", str(e)))
                 continue
-            if final.exists():
-                log.done += 1
-                per_image[str(path)] = {"resumed": True}
-                continue
-            t0 = time.perf_counter()
-            try:
-                img = load_image(path)
-                if img.alpha is not None and ext == "auto":
-                    final = final.with_suffix(".png")
-                res = restore_photo(img.rgb, method, is_gray=img.is_gray, alpha=img.alpha,
-                                    **photo_kwargs)
-            except FlipnetError as e:
-                log.skip(path, e.problem if hasattr(e, "problem") else str(e))
-                continue
-            for i, face in enumerate(res.faces):
-                if face.restored is None:
-                    continue
-                save_image(out_dir / "cropped_faces" / f"{stem}_{i:02d}.png", face.crop)
-                save_image(out_dir / "restored_faces" / f"{stem}_{i:02d}.png", face.restored)
-                save_image(out_dir / "cmp" / f"{stem}_{i:02d}.png",
-                           side_by_side(face.crop, face.restored))
-            save_image(final, res.image, res.alpha)  # last: its presence marks the photo done
-            log.done += 1
-            per_image[str(path)] = {
-                "faces": sum(f.restored is not None for f in res.faces),
-                "skipped_faces": [{"box": f.box, "why": f.skipped} for f in res.faces
-                                  if f.skipped],
-                "boxes": [f.box for f in res.faces if f.restored is not None],
-                "seconds": round(time.perf_counter() - t0, 3), "output": str(final)}
+            entry = _restore_one(path, out_dir, method, ext, log, photo_kwargs)
+            if entry is not None:
+                if entry.get("resumed"):
+                    entry = {**previous.get(str(path), {}), "resumed": True}
+                per_image[str(path)] = entry
+            if state is not None and str(path) in per_image:
+                per_image[str(path)]["rank"] = state.process_index
     report = {"method": method.name, "settings": settings or {}, "images": per_image,
               "done": log.done, "skipped_files": log.skipped,
               "seconds": round(time.perf_counter() - t_start, 2)}
-    write_bytes_atomic(out_dir / "report.json", json.dumps(report, indent=1, default=str).encode())
+    if state is None:
+        _write_report(out_dir / "report.json", report)
+        return report
+    part = out_dir / f"report.part{state.process_index}.json"
+    write_bytes_atomic(part, json.dumps(report, default=str).encode())
+    state.wait_for_everyone()
+    if state.is_main_process:
+        report = _merge_parts(out_dir, state.num_processes)
+        _write_report(out_dir / "report.json", report)
+        for r in range(state.num_processes):
+            (out_dir / f"report.part{r}.json").unlink(missing_ok=True)
+    state.wait_for_everyone()
     return report
+
+
+def _restore_one(path: Path, out_dir: Path, method: FaceMethod, ext: str, log: BatchLog,
+                 photo_kwargs: dict) -> dict | None:
+    """Restore one photo into the output layout; returns its report entry (None if skipped)."""
+    stem = path.stem
+    suffix = path.suffix.lower() if ext == "auto" else "." + ext.lstrip(".")
+    final = out_dir / "restored_imgs" / f"{stem}{suffix}"
+    try:
+        check_distinct(final, path)
+    except FlipnetError as e:
+        log.skip(path, str(e))
+        return None
+    alpha_alt = final.with_suffix(".png") if ext == "auto" and suffix in (".webp", ".tif",
+                                                                          ".tiff") else final
+    if final.exists() or alpha_alt.exists():
+        log.done += 1
+        return {"resumed": True}
+    t0 = time.perf_counter()
+    try:
+        img = load_image(path)
+        if img.alpha is not None and ext == "auto":
+            final = final.with_suffix(".png")
+        res = restore_photo(img.rgb, method, is_gray=img.is_gray, alpha=img.alpha,
+                            **photo_kwargs)
+        for i, face in enumerate(res.faces):
+            if face.restored is None:
+                continue
+            save_image(out_dir / "cropped_faces" / f"{stem}_{i:02d}.png", face.crop)
+            save_image(out_dir / "restored_faces" / f"{stem}_{i:02d}.png", face.restored)
+            save_image(out_dir / "cmp" / f"{stem}_{i:02d}.png",
+                       side_by_side(face.crop, face.restored))
+        save_image(final, res.image, res.alpha)  # last: its presence marks the photo done
+    except FlipnetError as e:
+        log.skip(path, getattr(e, "problem", str(e)))
+        return None
+    log.done += 1
+    return {"faces": sum(f.restored is not None for f in res.faces),
+            "skipped_faces": [{"box": f.box, "why": f.skipped} for f in res.faces if f.skipped],
+            "boxes": [f.box for f in res.faces if f.restored is not None],
+            "size": [int(img.rgb.shape[1]), int(img.rgb.shape[0])],
+            "timings": {k: round(v, 4) for k, v in res.timings.items()},
+            "seconds": round(time.perf_counter() - t0, 3), "output": str(final)}
