@@ -4,7 +4,9 @@ Image i of the sorted file list (``flipnet.io.list_images``) gets the seed ``see
 LQ does not depend on the batch size, on other images or on earlier interrupted runs: a run can
 be resumed (existing outputs are kept, and their params are recomputed identically), and
 ``params.json`` (preset, seed, config and every file's drawn values) re-makes the set exactly
-with ``flipnet.degradations.pipeline.apply_params``. Unreadable files are skipped with a warning
+with ``flipnet.degradations.pipeline.apply_params``. ``flipnet_degrade_folder`` does the same with
+FLIPNET's learned degradation mode instead of the naive pipeline (seed + i per image too, so a
+batch or a resumed run gives the same image). Unreadable files are skipped with a warning
 (they keep their index, so the other files' seeds do not move).
 """
 
@@ -49,6 +51,12 @@ class DegradeConfig:
         "help": "centre-crop to a square and resize to SIZE x SIZE before degrading"})
     batch_size: int = field(default=32, metadata={"help": "images degraded together"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    weights: str = field(default="flipnet-64", metadata={
+        "help": "--method flipnet: FLIPNET weights folder (path or name under weights/)"})
+    steps: int = field(default=50, metadata={"help": "--method flipnet: sampling steps"})
+    sampler: str = field(default="ddim", metadata={
+        "help": "--method flipnet: ddim | dpmpp_2m | ddpm"})
+    device: str = field(default="auto", metadata={"help": "--method flipnet: auto | cpu | cuda"})
 
 
 @dataclass
@@ -171,6 +179,76 @@ def degrade_folder(src: str | os.PathLike, dst: str | os.PathLike, *,
     flush()
     bar.close()
 
+    payload = {**header, "files": entries, "skipped": log.skipped}
+    write_bytes_atomic(params_path, (json.dumps(payload, indent=1) + "\n").encode())
+    report.written, report.skipped = log.done, dict(log.skipped)
+    return report
+
+
+def flipnet_degrade_folder(src: str | os.PathLike, dst: str | os.PathLike,
+                           cfg: DegradeConfig = DegradeConfig()) -> DegradeReport:
+    """``flipnet degrade --method flipnet``: FLIPNET degradation mode on every image of ``src``."""
+    import torch
+
+    from flipnet.models.flipnet import load_flipnet
+    from flipnet.pipelines.flipnet_method import flipnet_degrade
+    from flipnet.pipelines.methods import pick_device, resolve_weights
+
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
+        raise OutputPathError(f"{dst}: the output folder is (inside) the input folder {src}; "
+                              f"refusing to write there")
+    files = list_images(src)
+    if not files:
+        raise ImageReadError(src, "no image files found")
+    weights = resolve_weights(cfg.weights)
+    outputs = _output_names(files, src)
+    header = {"method": "flipnet", "weights": str(weights), "seed": cfg.seed, "size": cfg.size,
+              "steps": cfg.steps, "sampler": cfg.sampler}
+    params_path = dst / PARAMS_FILE
+    _check_previous(params_path, header, {})
+    net = load_flipnet(weights, device=pick_device(cfg.device))
+    report = DegradeReport(src=str(src), dst=str(dst), preset="flipnet", seed=cfg.seed,
+                           params_path=str(params_path))
+    log = BatchLog()
+    entries: dict[str, dict] = {}
+    pending: list[tuple[int, Path, Path, np.ndarray]] = []
+
+    def flush() -> None:
+        groups = defaultdict(list)  # same-size images are degraded together
+        for item in pending:
+            groups[item[3].shape].append(item)
+        for items in groups.values():
+            hq = to_tensor(np.stack([it[3] for it in items]))
+            with torch.no_grad():
+                lq = flipnet_degrade(net, hq.to(next(net.parameters()).device), steps=cfg.steps,
+                                     sampler=cfg.sampler, seed=cfg.seed,
+                                     indices=[it[0] for it in items])
+            for (_, path, out, _), rgb in zip(items, to_uint8(lq)):
+                save_image(dst / out, rgb, source=path)
+                log.done += 1
+        pending.clear()
+
+    bar = tqdm(total=len(files), disable=not cfg.progress, desc="degrade (flipnet)", unit="img")
+    for i, (path, out) in enumerate(zip(files, outputs)):
+        bar.update(1)
+        name = (path.relative_to(src) if path != src else Path(path.name)).as_posix()
+        entries[name] = {"output": out.as_posix(), "seed": cfg.seed + i}
+        if (dst / out).is_file():
+            report.existing += 1
+            continue
+        try:
+            rgb = load_image(path).rgb
+        except ImageReadError as e:
+            entries.pop(name)
+            log.skip(path, e.problem)
+            continue
+        rgb = _square_resize(rgb, cfg.size) if cfg.size else rgb
+        pending.append((i, path, out, rgb))
+        if len(pending) >= cfg.batch_size:
+            flush()
+    flush()
+    bar.close()
     payload = {**header, "files": entries, "skipped": log.skipped}
     write_bytes_atomic(params_path, (json.dumps(payload, indent=1) + "\n").encode())
     report.written, report.skipped = log.done, dict(log.skipped)

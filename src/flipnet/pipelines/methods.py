@@ -4,6 +4,9 @@
 ``finetuned`` the same network after unsupervised fine-tuning (weights/restorer-128-finetuned)
 ``prior``     DifFace-style restoration with the unconditional prior alone: diffuse the input to
               an intermediate step and sample back with low-pass guidance (weights/prior-64)
+``flipnet``   FLIPNET restoration mode: the prior + BoostHub/LoRA/face-embedding adapters,
+              sampled with the LQ as the condition stream (weights/flipnet-64; listed by
+              ``available_methods`` only once trained weights are there)
 ``bicubic``   baseline: down x4 and bicubic back up (what a plain upscaler gives)
 ``input``     baseline: the input itself
 """
@@ -23,7 +26,7 @@ from flipnet.io import to_tensor, to_uint8
 
 WEIGHTS_DIR = Path(os.environ.get("FLIPNET_WEIGHTS", Path(__file__).resolve().parents[3] / "weights"))
 DEFAULT_WEIGHTS = {"restorer": "restorer-128", "finetuned": "restorer-128-finetuned",
-                   "prior": "prior-64"}
+                   "prior": "prior-64", "flipnet": "flipnet-64"}
 
 
 def resolve_weights(name_or_path: str | os.PathLike) -> Path:
@@ -119,10 +122,17 @@ def _prior(weights, **kw):
     return PriorMethod(resolve_weights(weights or DEFAULT_WEIGHTS["prior"]), **kw)
 
 
+def _flipnet(weights, **kw):
+    from flipnet.pipelines.flipnet_method import FlipNetMethod
+
+    return FlipNetMethod(resolve_weights(weights or DEFAULT_WEIGHTS["flipnet"]), **kw)
+
+
 METHODS = {
     "restorer": _restorer,
     "finetuned": _finetuned,
     "prior": _prior,
+    "flipnet": _flipnet,
     "bicubic": lambda weights, **kw: BicubicMethod(),
     "input": lambda weights, **kw: InputMethod(),
 }

@@ -1,0 +1,209 @@
+"""FLIPNET: one frozen diffusion prior, two streams, two modes (Miao et al., ICCV 2025,
+arXiv 2508.08556, Fig. 2 and Sec. 3; our reading, see docs/FLIPNET.md).
+
+The frozen prior UNet is rebuilt with cross-attention to the face-embedding tokens
+(``cross_attention_dim = D``; the new ``attn2`` layers start at zero and are trainable) and loaded
+strict on every key of the prior. Around it sit the trainable adapters:
+
+* BoostHub on every self-attention (``flipnet.models.boosthub``), scaled by ``phi``;
+* LoRA on every ``attn1``/``attn2`` projection (``flipnet.models.lora``);
+* the face embedder's HQ and LQ encoders (``flipnet.models.face_embedding``, trained in stages
+  I/II beforehand and frozen here).
+
+Both noisy images go through the UNet stacked on the batch axis ``[target; condition]``; each
+stream predicts its own schedule target (eps or v). ``mode`` only decides which stream is the
+target: restoration mode = HQ stream is the target, LQ stream and LQ tokens the condition;
+degradation mode = the order flipped (LQ target; HQ stream and HQ tokens the condition). With a
+fresh FLIPNET (or ``phi = 0`` and no embedding) each stream gets exactly the prior's prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flipnet.config import load_config, save_config
+from flipnet.errors import ConfigError, WeightsError
+from flipnet.models.boosthub import install_boosthubs, set_phi
+from flipnet.models.face_embedding import FaceEmbedder, FaceEmbeddingConfig
+from flipnet.models.lora import add_lora, prior_key
+from flipnet.models.prior import PriorConfig
+from flipnet.models.unet import UNet
+from flipnet.weights import load_state_dict, save_state_dict
+
+MODES = ("restore", "degrade")
+
+
+@dataclass(frozen=True)
+class FlipNetConfig:
+    """Adapters around a prior; saved as a FLIPNET folder's config.json (with the prior's name)."""
+
+    prior: str = field(default="prior-64", metadata={
+        "help": "prior folder: a path, or a name looked up beside the FLIPNET folder"})
+    embedding: FaceEmbeddingConfig = field(default_factory=FaceEmbeddingConfig)
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha (scale alpha / r)"})
+    phi: float = field(default=1.0, metadata={"help": "BoostHub weight used in training"})
+    use_boosthub: bool = field(default=True, metadata={"help": "ablation: BoostHub on"})
+    use_embedding: bool = field(default=True, metadata={"help": "ablation: face embedding on"})
+    use_lora: bool = field(default=True, metadata={"help": "ablation: LoRA on"})
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"FLIPNET mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+class FlipNet(nn.Module):
+    """Dual-stream FLIPNET: ``forward(x_target_t, x_cond_t, t, mode=, context_image=)``."""
+
+    def __init__(self, cfg: FlipNetConfig, prior_cfg: PriorConfig, *,
+                 prior_state: dict[str, torch.Tensor] | None = None,
+                 embedder_state: dict[str, torch.Tensor] | None = None, where: str = "prior"):
+        super().__init__()
+        self.config, self.prior_config = cfg, prior_cfg
+        dim = cfg.embedding.dim if cfg.use_embedding else None
+        self.unet = UNet(dataclasses.replace(prior_cfg.unet, cross_attention_dim=dim))
+        prior_keys = set(UNet(prior_cfg.unet).state_dict())
+        if prior_state is not None:
+            self._load_prior(prior_state, prior_keys, where)
+        self.unet.requires_grad_(False)
+        if cfg.use_boosthub:
+            install_boosthubs(self.unet, phi=cfg.phi)
+        if cfg.use_lora:
+            add_lora(self.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        # what was copied from the prior (frozen, never saved) versus what FLIPNET adds
+        self.frozen_keys = {k for k in self.unet.state_dict() if prior_key(k) in prior_keys}
+        for name, p in self.unet.named_parameters():
+            p.requires_grad_(name not in self.frozen_keys)
+        self.embedder = None
+        if cfg.use_embedding:
+            self.embedder = FaceEmbedder(cfg.embedding, decoders=False)
+            if embedder_state is not None:
+                enc = {k: v for k, v in embedder_state.items() if "_encoder." in k}
+                self.embedder.load_state_dict(enc, strict=True)
+            self.embedder.requires_grad_(False)
+
+    def _load_prior(self, state: dict, prior_keys: set[str], where: str) -> None:
+        """Strict on the prior's keys; only the new cross-attention layers may be missing."""
+        missing = sorted(prior_keys - set(state))
+        unexpected = sorted(set(state) - set(self.unet.state_dict()))
+        if missing or unexpected:
+            bad = (missing or unexpected)[0]
+            raise WeightsError(f"{where}: prior weights do not match its config "
+                               f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {bad})")
+        result = self.unet.load_state_dict(state, strict=False)
+        new = [k for k in result.missing_keys if ".attn2." not in k and ".norm_cross." not in k]
+        if new:
+            raise WeightsError(f"{where}: FLIPNET UNet has unexpected new tensors, e.g. {new[0]}")
+
+    def set_phi(self, phi: float) -> None:
+        """Set the BoostHub weight phi (inference-time fidelity knob)."""
+        set_phi(self.unet, phi)
+
+    def context(self, image: torch.Tensor | None, mode: str) -> torch.Tensor | None:
+        """Face-embedding tokens (B, S, D) of the condition image: LQ encoder in restore mode, HQ in degrade."""
+        if self.embedder is None:
+            return None
+        if image is None:
+            raise ConfigError("FLIPNET with the face embedding needs context_image")
+        return self.embedder.encode(image, "lq" if _check_mode(mode) == "restore" else "hq")
+
+    def forward(self, x_target_t: torch.Tensor, x_cond_t: torch.Tensor, t: torch.Tensor, *,
+                mode: str, context_image: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) x2, t (B,) -> (pred_target, pred_condition), each (B, 3, H, W)."""
+        b = x_target_t.shape[0]
+        t = torch.as_tensor(t, device=x_target_t.device)
+        t = t.expand(b) if t.ndim == 0 else t
+        tokens = self.context(context_image, mode)  # (B, S, D) or None
+        ctx = None if tokens is None else torch.cat([tokens, tokens])  # (2B, S, D)
+        out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t]), ctx)  # (2B, 3, H, W)
+        return out[:b], out[b:]
+
+    def forward_streams(self, xt_hq: torch.Tensor, xt_lq: torch.Tensor, t: torch.Tensor, *,
+                        mode: str, hq: torch.Tensor | None = None, lq: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pred_hq, pred_lq) whatever the mode: restore = HQ target, degrade = LQ target."""
+        if _check_mode(mode) == "restore":
+            pred_hq, pred_lq = self(xt_hq, xt_lq, t, mode=mode, context_image=lq)
+        else:
+            pred_lq, pred_hq = self(xt_lq, xt_hq, t, mode=mode, context_image=hq)
+        return pred_hq, pred_lq
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything FLIPNET adds to the prior (adapters, BoostHubs, attn2, embedder encoders)."""
+        return {k: v for k, v in self.state_dict().items()
+                if not (k.startswith("unet.") and k[len("unet."):] in self.frozen_keys)}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates (the prior and the embedder stay frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def resolve_prior(folder: Path, name: str) -> Path:
+    """The prior a FLIPNET folder names: a path as given, else a sibling folder of ``folder``."""
+    for candidate in (Path(name), folder.parent / name, folder.parent / Path(name).name):
+        if candidate.is_dir():
+            return candidate
+    raise WeightsError(f"{folder}: its prior {name!r} was not found (looked for {name} and "
+                       f"{folder.parent / name}); pass prior=PATH")
+
+
+def build_flipnet(cfg: FlipNetConfig, *, prior: str | os.PathLike | None = None,
+                  embedder: str | os.PathLike | None = None,
+                  device: str | torch.device = "cpu") -> FlipNet:
+    """A fresh FLIPNET on a flipnet prior folder (and a trained embedder folder, if given)."""
+    from flipnet.models.prior import load_prior
+
+    p = load_prior(prior or cfg.prior)
+    if p.config is None:
+        raise WeightsError(f"{p.source}: FLIPNET needs a flipnet prior folder (config.json)")
+    emb_state = None
+    if embedder:
+        from flipnet.models.face_embedding import load_face_embedder
+
+        emb = load_face_embedder(embedder)
+        if emb.config != cfg.embedding:
+            raise ConfigError(f"{embedder}: embedder config differs from FlipNetConfig.embedding")
+        emb_state = emb.state_dict()
+    net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), embedder_state=emb_state,
+                  where=str(p.source))
+    return net.to(device)
+
+
+def save_flipnet(folder: str | os.PathLike, net: FlipNet) -> Path:
+    """Write config.json + fp16 safetensors of the adapters (not the prior, only its name)."""
+    folder = Path(folder)
+    save_state_dict(folder, net.adapter_state_dict())
+    save_config(net.config, folder / "config.json")
+    return folder
+
+
+def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu") -> FlipNet:
+    """Open a FLIPNET folder on its prior; WeightsError naming the folder on any mismatch."""
+    from flipnet.models.prior import load_prior
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"{folder}: not a FLIPNET weights folder (no config.json)")
+    cfg = load_config(FlipNetConfig, folder / "config.json")
+    p = load_prior(prior or resolve_prior(folder, cfg.prior))
+    if p.config is None:
+        raise WeightsError(f"{p.source}: FLIPNET needs a flipnet prior folder (config.json)")
+    net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), where=str(p.source))
+    state, own = load_state_dict(folder), net.adapter_state_dict()
+    diff = sorted(set(state) ^ set(own))
+    bad = [k for k in set(state) & set(own) if state[k].shape != own[k].shape]
+    if diff or bad:
+        raise WeightsError(f"{folder}: adapter weights do not match config.json "
+                           f"(e.g. {(diff or bad)[0]})")
+    net.load_state_dict(state, strict=False)
+    return net.to(device).eval()

@@ -1,0 +1,62 @@
+"""LoRA (Hu et al. 2022, eq. 3: W + (alpha / r) B A, B zero-initialised) on the frozen prior's
+attention projections, through peft's ``inject_adapter_in_model``.
+
+The targets are every ``to_q``/``to_k``/``to_v``/``to_out`` linear of ``attn1`` (self-attention)
+and ``attn2`` (cross-attention to the face embedding), matched by a regular expression on the
+module path, so the BoostHub processors' own projections (``attn1.processor.to_q``...) are never
+wrapped. peft renames a wrapped ``x.to_q.weight`` to ``x.to_q.base_layer.weight`` and adds
+``x.to_q.lora_A.default.weight`` / ``lora_B``; ``prior_key`` maps names back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flipnet.errors import ConfigError
+
+LORA_TARGETS = r".*\.attn[12]\.to_(q|k|v|out)$"
+
+
+def add_lora(unet: nn.Module, *, rank: int = 8, alpha: float = 8.0,
+             dropout: float = 0.0) -> nn.Module:
+    """Inject LoRA adapters (rank ``rank``, scale alpha / rank) into ``unet`` in place."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
+    flags = {id(p): p.requires_grad for p in unet.parameters()}
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
+                     init_lora_weights=True)
+    unet = inject_adapter_in_model(cfg, unet)
+    # peft freezes every non-LoRA parameter; trainability is decided by the caller, so restore it
+    for p in unet.parameters():
+        if id(p) in flags:
+            p.requires_grad_(flags[id(p)])
+    return unet
+
+
+def is_lora_key(key: str) -> bool:
+    """True for a state-dict key of a LoRA A/B matrix."""
+    return ".lora_A." in key or ".lora_B." in key
+
+
+def prior_key(key: str) -> str:
+    """A (possibly LoRA-wrapped) state-dict key as it is named in the plain prior."""
+    return key.replace(".base_layer.", ".")
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the LoRA A/B tensors of ``model`` (detached)."""
+    return {k: v.detach() for k, v in model.state_dict().items() if is_lora_key(k)}
+
+
+def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load exactly the LoRA tensors of ``model`` from ``state``; ConfigError naming ``where``."""
+    own = lora_state_dict(model)
+    given = {k: v for k, v in state.items() if is_lora_key(k)}
+    if set(own) != set(given):
+        diff = sorted(set(own) ^ set(given))
+        raise ConfigError(f"{where}: LoRA tensors do not match the model ({len(diff)} differ, "
+                          f"e.g. {diff[0]}); was it saved with another rank or architecture?")
+    model.load_state_dict(given, strict=False)

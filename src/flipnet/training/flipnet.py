@@ -1,0 +1,316 @@
+"""Train FLIPNET's adapters on a frozen prior, both modes every step (arXiv 2508.08556, Sec. 3.4;
+our reading, see docs/FLIPNET.md).
+
+* Restoration mode: HQ faces of the UTKFace train split, LQ made on the fly by the naive pipeline
+  (a mix of presets, ``training.pairs.SyntheticPairs``). Target = HQ stream.
+* Degradation mode must learn *real* degradations, but real LQ faces (LFW people A-H, aligned)
+  have no HQ partner. We pair each real LQ face with a pseudo HQ made by a restorer (default the
+  fast ``weights/restorer-128``; a FLIPNET folder's restoration mode works too, just slower):
+  ``make_degradation_pairs`` writes ``<pairs_dir>/lq`` (real) and ``<pairs_dir>/target`` (pseudo
+  HQ) once, resumably; training reads them with ``PairFolder``. Target = LQ stream, so the mode
+  learns to map a clean-looking face back to the real LQ it came from.
+
+Each step: one batch per mode; both streams share one t per sample and have their own noise;
+loss = MSE(target stream) + MSE(condition stream) per mode (the schedule's eps or v targets),
+summed over the two modes. Only adapters train: the prior is frozen, checked at start and at
+export. Accelerate, EMA of the trainable tensors, exact-resume checkpoints and sample grids follow
+``training.prior``; the EMA adapters are exported to ``<out_dir>/flipnet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from flipnet.config import save_config
+from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
+from flipnet.errors import FlipnetError, ImageReadError
+from flipnet.io import list_images, load_image, save_image, to_tensor, to_uint8, write_bytes_atomic
+from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, save_flipnet
+from flipnet.splits import in_split
+from flipnet.training.common import (
+    EMA,
+    TrainProgress,
+    check_finite,
+    endless_batches,
+    every,
+    hardware_name,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from flipnet.training.data import resize_square
+from flipnet.training.pairs import (
+    PairFolder,
+    PairSampler,
+    SyntheticPairs,
+    face_presets,
+    fixed_pairs,
+    load_faces,
+)
+from flipnet.viz import save_grid
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class FlipNetTrainConfig:
+    """A FLIPNET run; saved as ``<out_dir>/train_config.json``."""
+
+    data_dir: str = field(default="out/prepared/utkface-128", metadata=_h("HQ faces (restore mode)"))
+    split: str = field(default="train", metadata=_h("split of data_dir and real_lq_dir"))
+    real_lq_dir: str = field(default="out/prepared/lfw-128", metadata=_h("real LQ aligned faces"))
+    pairs_dir: str = field(default="out/flipnet-pairs", metadata=_h("real LQ + pseudo HQ pairs "
+                                                                    "(made once if missing)"))
+    pseudo_restorer: str = field(default="weights/restorer-128",
+                                 metadata=_h("restorer folder making the pseudo HQ"))
+    out_dir: str = field(default="out/flipnet-64", metadata=_h("checkpoints, samples, export"))
+    flipnet: FlipNetConfig = field(default_factory=FlipNetConfig)
+    embedder: str | None = field(default="out/embedder-64/embedder",
+                                 metadata=_h("trained face-embedder folder (stages I/II)"))
+    presets: tuple[str, ...] = field(default=("gfpgan", "codeformer", "difface"),
+                                     metadata=_h("naive presets mixed in restore mode"))
+    max_images: int = field(default=0, metadata=_h("use at most N faces per mode; 0 = all"))
+    batch_size: int = field(default=16, metadata=_h("pairs per mode per step"))
+    lr: float = field(default=1e-4, metadata=_h("AdamW learning rate after warmup"))
+    warmup_steps: int = field(default=100, metadata=_h("linear learning-rate warmup steps"))
+    steps: int = field(default=20_000, metadata=_h("optimizer steps in total"))
+    max_minutes: float = field(default=0.0, metadata=_h("stop (save + export) after this wall "
+                                                          "time; 0 = no limit"))
+    degrade_weight: float = field(default=1.0, metadata=_h("weight of the degradation-mode loss"))
+    ema_decay: float = field(default=0.999, metadata=_h("EMA decay (with warmup)"))
+    grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 = off"))
+    sample_every: int = field(default=1000, metadata=_h("sample grid every N steps; 0 = off"))
+    sample_count: int = field(default=8, metadata=_h("faces in each grid"))
+    sample_steps: int = field(default=25, metadata=_h("DDIM steps for sample grids"))
+    save_every: int = field(default=1000, metadata=_h("checkpoint every N steps"))
+    keep_checkpoints: int = field(default=2, metadata=_h("checkpoints kept on disk"))
+    log_every: int = field(default=50, metadata=_h("log line every N steps"))
+    seed: int = field(default=0, metadata=_h("seed for init, data order, noise"))
+    threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
+    resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
+
+
+@torch.no_grad()
+def make_degradation_pairs(real_lq_dir: str | Path, pairs_dir: str | Path, restorer: str | Path, *,
+                           split: str = "train", size: int = 128, limit: int = 0,
+                           batch_size: int = 32, progress: bool = True) -> int:
+    """Write ``lq/`` (real faces) and ``target/`` (restorer's pseudo HQ) pairs; resumable.
+    Returns the number of pairs in the folder. Unreadable files are skipped with a warning."""
+    import warnings
+
+    from flipnet.models.restorer import load_restorer
+
+    pairs_dir = Path(pairs_dir)
+    files = in_split(list_images(real_lq_dir), split)[: limit or None]
+    if not files:
+        raise FlipnetError(f"{real_lq_dir}: no images in split {split!r}")
+    todo = [f for f in files if not (pairs_dir / "target" / f"{f.stem}.png").is_file()]
+    model, rcfg = load_restorer(restorer) if todo else (None, None)
+    for i in tqdm(range(0, len(todo), batch_size), desc="pseudo HQ pairs", disable=not progress):
+        batch, names = [], []
+        for f in todo[i:i + batch_size]:
+            try:
+                batch.append(resize_square(load_image(f).rgb, size))
+                names.append(f.stem)
+            except ImageReadError as e:
+                warnings.warn(f"skipped {f}: {e.problem}", stacklevel=2)
+        if not batch:
+            continue
+        lq = to_tensor(np.stack(batch))  # (N, 3, size, size)
+        target = to_uint8(model(F.interpolate(lq, size=rcfg.image_size, mode="bicubic",
+                                              align_corners=False).clamp(-1, 1)))
+        for name, a, b in zip(names, batch, target):
+            save_image(pairs_dir / "lq" / f"{name}.png", a)
+            save_image(pairs_dir / "target" / f"{name}.png", b)  # last: marks the pair done
+    return len(list((pairs_dir / "target").glob("*.png")))
+
+
+def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
+              generator: torch.Generator) -> torch.Tensor:
+    """One mode's loss: same t for both streams, two noises, MSE(target) + MSE(condition)."""
+    t = torch.randint(0, schedule.num_timesteps, (hq.shape[0],), generator=generator,
+                      device=generator.device).to(hq.device)
+    noise_hq = torch.randn(hq.shape, generator=generator, device=generator.device).to(hq.device)
+    noise_lq = torch.randn(lq.shape, generator=generator, device=generator.device).to(hq.device)
+    pred_hq, pred_lq = net.forward_streams(schedule.q_sample(hq, t, noise_hq),
+                                           schedule.q_sample(lq, t, noise_lq), t, mode=mode,
+                                           hq=hq, lq=lq)
+    return (F.mse_loss(pred_hq.float(), schedule.training_target(hq, t, noise_hq))
+            + F.mse_loss(pred_lq.float(), schedule.training_target(lq, t, noise_lq)))
+
+
+def frozen_checksum(net: FlipNet) -> str:
+    """SHA-1 of the frozen prior tensors; raises when any of them requires grad."""
+    state = net.unet.state_dict()
+    params = dict(net.unet.named_parameters())
+    h = hashlib.sha1()
+    for k in sorted(net.frozen_keys):
+        if k in params and params[k].requires_grad:
+            raise FlipnetError(f"FLIPNET: prior tensor {k} is trainable; the prior must stay frozen")
+        h.update(state[k].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _ema_of_trainable(net: FlipNet, decay: float) -> EMA:
+    ema = EMA(net, decay=decay)
+    trainable = {k for k, p in net.named_parameters() if p.requires_grad}
+    ema.shadow = {k: v for k, v in ema.shadow.items() if k in trainable}
+    return ema
+
+
+def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
+    """Train (or resume) FLIPNET; returns the exported EMA folder ``<out_dir>/flipnet``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from flipnet.pipelines.flipnet_method import flipnet_degrade, flipnet_restore
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
+    last = latest_checkpoint(ckpt_root)
+    if last is not None and not cfg.resume:
+        raise FlipnetError(f"{out}: holds checkpoints (latest {last.name}); pass --resume to "
+                           "continue, or choose another out_dir")
+    accelerator = Accelerator()
+    main, device = accelerator.is_main_process, accelerator.device
+    if main:
+        save_config(cfg, out / "train_config.json")
+        make_degradation_pairs(cfg.real_lq_dir, cfg.pairs_dir, cfg.pseudo_restorer,
+                               split=cfg.split, limit=cfg.max_images)
+    accelerator.wait_for_everyone()
+    # data of both modes, model, EMA, optimizer
+    set_seed(cfg.seed)
+    embedder = cfg.embedder if cfg.flipnet.use_embedding else None
+    net = build_flipnet(cfg.flipnet, embedder=embedder)
+    size = net.prior_config.unet.image_size
+    schedule = make_schedule(net.prior_config.schedule)
+    _, pixels = load_faces(cfg.data_dir, size, split=cfg.split, limit=cfg.max_images or None,
+                           progress=main)
+    restore_data = SyntheticPairs(pixels, face_presets(cfg.presets, size))
+    degrade_data = PairFolder(cfg.pairs_dir, size, progress=main)
+    loaders = []
+    for data in (restore_data, degrade_data):
+        if len(data) < cfg.batch_size:
+            raise FlipnetError(f"{cfg.data_dir} / {cfg.pairs_dir}: {len(data)} pairs, fewer than "
+                               f"one batch ({cfg.batch_size})")
+        sampler = PairSampler(len(data), seed=cfg.seed)
+        loaders.append((DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
+                                   drop_last=True), sampler))
+    checksum = frozen_checksum(net)
+    opt = torch.optim.AdamW(net.trainable_parameters(), lr=cfg.lr)
+    net, opt, loader_r, loader_d = accelerator.prepare(net, opt, loaders[0][0], loaders[1][0])
+    ema, progress = _ema_of_trainable(accelerator.unwrap_model(net), cfg.ema_decay), TrainProgress()
+    accelerator.register_for_checkpointing(ema, progress)
+    if last is not None:
+        load_checkpoint(accelerator, last)
+    model = accelerator.unwrap_model(net)  # single process (CPU / one GPU): see docs/FLIPNET.md
+    batches_r = endless_batches(accelerator, loader_r, loaders[0][1], progress.step)
+    batches_d = endless_batches(accelerator, loader_d, loaders[1][1], progress.step)
+    fixed_lq, _ = fixed_pairs(restore_data, cfg.sample_count, seed=cfg.seed + 1)
+    _, fixed_hq = fixed_pairs(degrade_data, cfg.sample_count, seed=cfg.seed + 1)
+    sample_net = None
+    gen = torch.Generator(device=device)
+    t_start, wall0 = time.time(), progress.wall_seconds
+    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="flipnet")
+    while progress.step < cfg.steps:
+        step = progress.step + 1
+        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # both modes every step; noise is a function of (seed, step, rank)
+        gen.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + accelerator.process_index)
+        lq, hq = next(batches_r)
+        loss_r = mode_loss(model, schedule, hq, lq, "restore", gen)
+        lq_real, hq_pseudo = next(batches_d)
+        loss_d = mode_loss(model, schedule, hq_pseudo, lq_real, "degrade", gen)
+        loss = loss_r + cfg.degrade_weight * loss_d
+        check_finite(loss.detach(), step, latest_checkpoint(ckpt_root))
+        accelerator.backward(loss)
+        norm = accelerator.clip_grad_norm_(model.trainable_parameters(),
+                                           cfg.grad_clip or float("inf"))
+        check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model)
+        progress.step, progress.last_loss = step, float(loss.detach())
+        progress.wall_seconds = wall0 + time.time() - t_start
+        bar.update(1)
+        r_value, d_value = float(loss_r.detach()), float(loss_d.detach())
+        bar.set_postfix(restore=f"{r_value:.4f}", degrade=f"{d_value:.4f}")
+        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
+        if main and every(cfg.log_every, step):
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": progress.last_loss,
+                                    "restore": r_value, "degrade": d_value, "lr": lr,
+                                    "wall_s": round(progress.wall_seconds, 1)}) + "\n")
+        if main and (every(cfg.sample_every, step) or (step == cfg.steps and cfg.sample_every)):
+            sample_net = sample_net or build_flipnet(cfg.flipnet, embedder=embedder,
+                                                     device=device).eval()
+            ema.copy_to(sample_net)
+            restored = flipnet_restore(sample_net, fixed_lq.to(device), steps=cfg.sample_steps)
+            degraded = flipnet_degrade(sample_net, fixed_hq.to(device), steps=cfg.sample_steps)
+            save_grid(out / "samples" / f"step-{step:07d}.png",
+                      torch.cat([fixed_lq.to(device), restored, fixed_hq.to(device), degraded]),
+                      ncol=len(fixed_lq))
+        if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
+            save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
+        if out_of_time:
+            break
+    bar.close()
+    # export the EMA adapters with a model card; the prior must be untouched
+    folder = out / "flipnet"
+    if main:
+        if frozen_checksum(model) != checksum:
+            raise FlipnetError("FLIPNET training changed the frozen prior (bug); nothing exported")
+        sample_net = sample_net or build_flipnet(cfg.flipnet, embedder=embedder)
+        ema.copy_to(sample_net)
+        save_flipnet(folder, sample_net)
+        write_bytes_atomic(folder / "MODEL_CARD.md", _model_card(cfg, progress, len(restore_data),
+                                                                 len(degrade_data), accelerator))
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int, n_degrade: int,
+                accelerator) -> bytes:
+    f = cfg.flipnet
+    return (f"# FLIPNET adapters on `{f.prior}`\n\n"
+            f"- restore mode: `{cfg.data_dir}` ({n_restore} HQ faces, split {cfg.split}), LQ by "
+            f"presets {', '.join(cfg.presets)}\n- degrade mode: {n_degrade} real LQ faces of "
+            f"`{cfg.real_lq_dir}` with pseudo HQ by `{cfg.pseudo_restorer}`\n"
+            f"- adapters: BoostHub {f.use_boosthub} (phi {f.phi}), LoRA {f.use_lora} (rank "
+            f"{f.lora_rank}, alpha {f.lora_alpha}), face embedding {f.use_embedding} "
+            f"(`{cfg.embedder}`)\n- training: {progress.step} steps, batch {cfg.batch_size} per "
+            f"mode, lr {cfg.lr}, EMA {cfg.ema_decay}\n- wall time: "
+            f"{progress.wall_seconds / 60:.1f} min on {hardware_name(accelerator)}\n"
+            f"- final loss: {progress.last_loss:.4f}\n- terms: UTKFace/LFW-derived: "
+            "non-commercial research use only.\n").encode()
+
+
+if __name__ == "__main__":  # python -m flipnet.training.flipnet CONFIG.json [--resume]
+    import sys
+
+    from flipnet.config import load_config
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m flipnet.training.flipnet CONFIG.json [--resume]")
+    run_cfg = load_config(FlipNetTrainConfig, sys.argv[1])
+    if "--resume" in sys.argv[2:]:
+        run_cfg = FlipNetTrainConfig(**{**run_cfg.__dict__, "resume": True})
+    try:
+        print(train_flipnet(run_cfg))
+    except FlipnetError as e:
+        sys.exit(f"error: {e}")

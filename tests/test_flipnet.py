@@ -1,0 +1,228 @@
+"""FLIPNET network: adapter identity, stream wiring per mode, trainable set, save/load, inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flipnet.diffusion.schedules import make_schedule
+from flipnet.errors import ConfigError, WeightsError
+from flipnet.models.boosthub import BoostHubProcessor
+from flipnet.models.face_embedding import FaceEmbeddingConfig
+from flipnet.models.flipnet import FlipNet, FlipNetConfig, load_flipnet, save_flipnet
+from flipnet.models.prior import PriorConfig, ScheduleConfig, save_prior
+from flipnet.models.unet import UNet, UNetConfig
+from flipnet.pipelines.flipnet_method import FlipNetMethod, flipnet_degrade, flipnet_restore
+from flipnet.training.flipnet import frozen_checksum, mode_loss
+
+TINY_PRIOR = PriorConfig(
+    unet=UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(8,), num_heads=2, norm_groups=8),
+    schedule=ScheduleConfig(num_timesteps=100, beta_schedule="cosine", prediction="v"))
+TINY_EMB = FaceEmbeddingConfig(image_size=16, channels=(8, 16), tokens=4, dim=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are slower with many threads on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _prior() -> UNet:
+    torch.manual_seed(1)
+    prior = UNet(TINY_PRIOR.unet)
+    with torch.no_grad():  # a prior whose zero-initialised outputs are not zero
+        for p in prior.parameters():
+            p.normal_(0, 0.05)
+    return prior
+
+
+def _net(**kw) -> FlipNet:
+    cfg = FlipNetConfig(embedding=TINY_EMB, lora_rank=2, **kw)
+    return FlipNet(cfg, TINY_PRIOR, prior_state=_prior().state_dict())
+
+
+def _randomise_adapters(net: FlipNet) -> None:
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in net.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _inputs(b=2):
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(b, 3, 16, 16, generator=g), torch.randn(b, 3, 16, 16, generator=g)
+    return x, c, torch.tensor([3, 70][:b])
+
+
+def test_fresh_flipnet_equals_frozen_prior_exactly():
+    prior, net = _prior(), _net()
+    x, c, t = _inputs()
+    with torch.no_grad():
+        expected = prior(torch.cat([x, c]), torch.cat([t, t]))
+        pred_target, pred_cond = net(x, c, t, mode="restore", context_image=c)
+    assert torch.equal(torch.cat([pred_target, pred_cond]), expected)
+
+
+def test_phi_zero_equals_prior_even_with_trained_boosthub():
+    prior, net = _prior(), _net(use_embedding=False, use_lora=False)
+    _randomise_adapters(net)
+    x, c, t = _inputs()
+    with torch.no_grad():
+        expected = prior(torch.cat([x, c]), torch.cat([t, t]))
+        boosted = net(x, c, t, mode="restore")[0]
+        net.set_phi(0.0)
+        pred_target, pred_cond = net(x, c, t, mode="restore")
+    assert torch.equal(torch.cat([pred_target, pred_cond]), expected)
+    assert not torch.allclose(boosted, pred_target)  # the trained hub did change the target
+
+
+@pytest.mark.parametrize("mode", ["restore", "degrade"])
+def test_mode_flip_swaps_stream_roles(mode):
+    """Only the target stream reads the other one: restore = HQ target, degrade = LQ target."""
+    net = _net()
+    _randomise_adapters(net)
+    g = torch.Generator().manual_seed(2)
+    hq, lq, t = *_inputs()[:2], _inputs()[2]
+    xt_hq, xt_lq = torch.randn(hq.shape, generator=g), torch.randn(lq.shape, generator=g)
+    with torch.no_grad():
+        hq_a, lq_a = net.forward_streams(xt_hq, xt_lq, t, mode=mode, hq=hq, lq=lq)
+        _, lq_b = net.forward_streams(xt_hq + 0.5, xt_lq, t, mode=mode, hq=hq, lq=lq)  # poke HQ
+        hq_c, _ = net.forward_streams(xt_hq, xt_lq + 0.5, t, mode=mode, hq=hq, lq=lq)  # poke LQ
+    lq_sees_hq, hq_sees_lq = not torch.equal(lq_a, lq_b), not torch.equal(hq_a, hq_c)
+    # restore: LQ is the condition (never sees the HQ stream), HQ the target (reads LQ);
+    # degrade: the roles flip
+    assert (lq_sees_hq, hq_sees_lq) == ((False, True) if mode == "restore" else (True, False))
+
+
+def test_boosthub_reads_only_the_condition_half():
+    hub = BoostHubProcessor(8, phi=1.0)
+    torch.nn.init.normal_(hub.to_out.weight)
+    from flipnet.models.attention import Attention
+
+    attn = Attention(8, heads=2)
+    x = torch.randn(4, 5, 8)
+    y = hub(attn, x)
+    plain = attn.processor(attn, x)
+    assert torch.equal(y[2:], plain[2:]) and not torch.allclose(y[:2], plain[:2])
+    with pytest.raises(ConfigError, match="even batch"):
+        hub(attn, x[:3])
+
+
+def test_only_adapters_require_grad():
+    net = _net()
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("unet.") for n in trainable)  # embedder frozen
+    assert not any(n[len("unet."):] in net.frozen_keys for n in trainable)
+    assert all(("lora_" in n or ".processor." in n or ".attn2." in n or ".norm_cross." in n)
+               for n in trainable)
+    kinds = {"lora_": 0, ".processor.": 0, ".attn2.": 0}
+    for n in trainable:
+        for k in kinds:
+            kinds[k] += k in n
+    assert all(kinds.values())
+    ablated = _net(use_lora=False, use_boosthub=False, use_embedding=False)
+    assert not ablated.trainable_parameters()
+    frozen_checksum(net)  # raises when a prior tensor is trainable
+
+
+def test_training_step_lowers_loss_on_fixed_batch():
+    net = _net()
+    schedule = make_schedule(TINY_PRIOR.schedule)
+    hq, lq, _ = _inputs(4)
+    opt = torch.optim.Adam(net.trainable_parameters(), lr=1e-2)
+    before = frozen_checksum(net)
+
+    def loss_now():
+        g = torch.Generator().manual_seed(9)
+        return (mode_loss(net, schedule, hq, lq, "restore", g)
+                + mode_loss(net, schedule, hq, lq, "degrade", g))
+
+    first = float(loss_now().detach())
+    for _ in range(10):
+        opt.zero_grad()
+        loss_now().backward()
+        opt.step()
+    # a random tiny prior leaves the adapters little to fix: a small but steady fall
+    assert float(loss_now().detach()) < 0.999 * first
+    assert frozen_checksum(net) == before  # the prior did not move
+
+
+@pytest.fixture()
+def flipnet_folder(tmp_path):
+    prior = _prior()
+    with torch.no_grad():  # the prior is stored in fp16 too
+        for p in prior.parameters():
+            p.copy_(p.half().float())
+    save_prior(tmp_path / "prior-tiny", prior, TINY_PRIOR)
+    net = FlipNet(FlipNetConfig(prior="prior-tiny", embedding=TINY_EMB, lora_rank=2), TINY_PRIOR,
+                  prior_state=prior.state_dict())
+    _randomise_adapters(net)
+    with torch.no_grad():  # fp16 storage: make the in-memory weights fp16-exact first
+        for v in net.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(v.half().float())
+    return save_flipnet(tmp_path / "flipnet-tiny", net), net
+
+
+def test_save_load_round_trip_exact(flipnet_folder):
+    folder, net = flipnet_folder
+    loaded = load_flipnet(folder)
+    a, b = net.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x, c, t = _inputs()
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x, c, t, mode="degrade", context_image=c)[0],
+                           loaded(x, c, t, mode="degrade", context_image=c)[0])
+
+
+def test_load_names_folder_on_mismatch(flipnet_folder, tmp_path):
+    folder, _ = flipnet_folder
+    (folder / "config.json").write_text((folder / "config.json").read_text()
+                                        .replace('"lora_rank": 2', '"lora_rank": 3'))
+    with pytest.raises(WeightsError, match="flipnet-tiny"):
+        load_flipnet(folder)
+    with pytest.raises(WeightsError, match="not a FLIPNET"):
+        load_flipnet(tmp_path)
+
+
+def test_method_and_degrade_give_finite_right_shaped_images(flipnet_folder):
+    folder, net = flipnet_folder
+    method = FlipNetMethod(folder, device="cpu", steps=4, seed=3, batch_size=2)
+    crops = np.random.default_rng(0).integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
+    out = method.restore(crops)
+    assert out.shape == crops.shape and out.dtype == np.uint8
+    again = FlipNetMethod(folder, device="cpu", steps=4, seed=3, batch_size=3).restore(crops)
+    assert np.array_equal(out, again)  # batch size does not change a face
+    hq = torch.rand(2, 3, 20, 20) * 2 - 1
+    for sampler in ("ddim", "dpmpp_2m", "ddpm"):
+        lq = flipnet_degrade(net, hq, steps=3, sampler=sampler, seed=1)
+        assert lq.shape == hq.shape and torch.isfinite(lq).all() and lq.abs().max() <= 1
+    restored = flipnet_restore(net, hq, steps=3, fidelity=0.0, start=0.5)
+    assert restored.shape == hq.shape and net.unet.middle_block[1].attn1.processor.phi == 1.0
+
+
+def test_degrade_folder_with_flipnet_is_resumable(flipnet_folder, tmp_path):
+    from flipnet.io import save_image
+    from flipnet.pipelines.degrade import DegradeConfig, flipnet_degrade_folder
+
+    folder, _ = flipnet_folder
+    src = tmp_path / "hq"
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        save_image(src / f"f{i}.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    (src / "bad.png").write_bytes(b"not an image")
+    cfg = DegradeConfig(weights=str(folder), steps=3, device="cpu", progress=False)
+    with pytest.warns(UserWarning, match="bad.png"):
+        report = flipnet_degrade_folder(src, tmp_path / "lq", cfg)
+    assert report.written == 2 and list(report.skipped) == [str(src / "bad.png")]
+    first = (tmp_path / "lq" / "f1.png").read_bytes()
+    (tmp_path / "lq" / "f1.png").unlink()
+    with pytest.warns(UserWarning, match="bad.png"):
+        again = flipnet_degrade_folder(src, tmp_path / "lq", cfg)
+    assert (again.written, again.existing) == (1, 1)
+    assert (tmp_path / "lq" / "f1.png").read_bytes() == first  # seed + i: same image again
