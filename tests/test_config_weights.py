@@ -65,7 +65,10 @@ def test_weights_errors(tmp_path):
     with pytest.raises(WeightsError, match="do not match"):
         load_into(torch.nn.Linear(4, 5), load_state_dict(tmp_path), "w")
     f = next(tmp_path.glob("*.safetensors"))
-    f.write_bytes(f.read_bytes()[:40])  # truncated
+    f.write_bytes(f.read_bytes()[:40])  # truncated: the index's SHA-256 no longer matches
+    with pytest.raises(WeightsError, match=f"{f.name}: contents do not match the SHA-256"):
+        load_state_dict(tmp_path)
+    (tmp_path / "model.index.json").unlink()  # no index (older folders): the reader notices
     with pytest.raises(WeightsError, match="unreadable"):
         load_state_dict(tmp_path)
     with pytest.raises(WeightsError, match="not found"):

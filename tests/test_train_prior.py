@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flipnet.errors import FlipnetError
+from flipnet.errors import ConfigError
 from flipnet.io import save_image
 from flipnet.models.prior import PriorConfig, ScheduleConfig, load_prior
 from flipnet.models.unet import UNetConfig
@@ -108,10 +108,12 @@ def test_resume_is_exact(blobs, tmp_path):
     for cfg in runs:
         with pytest.warns(UserWarning, match="broken.png"):
             train_prior(cfg)
-    with pytest.raises(FlipnetError, match="resume"):
-        train_prior(_cfg(blobs, tmp_path / "split", steps=4))
+    # another config in the same out_dir is refused, naming the setting that differs
+    with pytest.raises(ConfigError, match=r"different config \(lr: 0.002 -> 0.001"):
+        train_prior(_cfg(blobs, tmp_path / "split", steps=4, lr=1e-3))
+    # the same config (more steps is harmless) continues automatically, no --resume needed
     with pytest.warns(UserWarning, match="broken.png"):
-        train_prior(_cfg(blobs, tmp_path / "split", steps=4, resume=True))
+        train_prior(_cfg(blobs, tmp_path / "split", steps=4))
     name_a, model_a, ema_a = _final_state(tmp_path / "straight")
     name_b, model_b, ema_b = _final_state(tmp_path / "split")
     assert name_a == name_b == "step-0000004"

@@ -200,6 +200,19 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.XXXX.tmp`` files an atomic write leaves when its process is killed
+    (call before a run restarts in ``folder``; not while another process writes there)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_file() and p.name.startswith(".")
+             and p.name.endswith(".tmp")]
+    for p in found:
+        _silent_unlink(str(p))
+    return found
+
+
 def _umask_mode() -> int:
     """0o666 minus the process umask: what a plain open() would give a new file."""
     mask = os.umask(0)

@@ -10,15 +10,19 @@ Layout of a folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flipnet.errors import WeightsError
+from flipnet.errors import OutputPathError, WeightsError
 from flipnet.io import write_bytes_atomic
 
 SHARD_BYTES = 15 * 1024 * 1024
@@ -48,17 +52,51 @@ def save_state_dict(folder: str | os.PathLike, state: dict[str, torch.Tensor], *
     files = []
     for old in folder.glob(f"{prefix}-*.safetensors"):
         old.unlink()
-    index = {}
+    index, digests = {}, {}
     for i, shard in enumerate(shards, 1):
         name = f"{prefix}-{i:05d}.safetensors"
         tmp = folder / f".{name}.tmp"
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, folder / name)
+        try:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+            digests[name] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            os.replace(tmp, folder / name)
+        except (OSError, SafetensorError) as e:  # disk full, read-only folder
+            tmp.unlink(missing_ok=True)
+            raise OutputPathError(f"{folder / name}: could not be written "
+                                  f"({getattr(e, 'strerror', None) or e})") from None
         files.append(folder / name)
         index.update({k: name for k in shard})
     write_bytes_atomic(folder / f"{prefix}.index.json",
-                       json.dumps({"weight_map": index}, indent=1).encode())
+                       json.dumps({"weight_map": index, "sha256": digests}, indent=1).encode())
     return files
+
+
+@contextmanager
+def replace_folder_atomically(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``FOLDER.tmp`` to fill; on success swap it in for ``folder`` (rename), so readers
+    and a kill -9 see the old complete folder or the new one, never a half-written mix."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise OutputPathError(f"{tmp}: cannot create this folder ({e.strerror or e})") from None
+    try:
+        yield tmp
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            old.rename(folder)  # keep what was there before
+        if isinstance(e, OSError):
+            raise OutputPathError(f"{folder}: could not be written ({e.strerror or e}); the "
+                                  "previous contents are kept") from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_state_dict(folder: str | os.PathLike, *, prefix: str = "model",
@@ -73,22 +111,28 @@ def load_state_dict(folder: str | os.PathLike, *, prefix: str = "model",
         files.append(single)
     if not files:
         raise WeightsError(f"{folder}: no {prefix}*.safetensors files")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            part = load_file(str(f))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise WeightsError(f"{f}: unreadable safetensors file ({e})") from None
-        state.update(part)
     index = folder / f"{prefix}.index.json"
+    expected, digests = None, {}
     if index.exists():
         try:
-            expected = set(json.loads(index.read_text())["weight_map"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{index}: invalid index ({e})") from None
+            meta = json.loads(index.read_text())
+            expected, digests = set(meta["weight_map"]), dict(meta.get("sha256") or {})
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise WeightsError(f"{index}: invalid index ({type(e).__name__}: {e})") from None
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.name in digests and hashlib.sha256(f.read_bytes()).hexdigest() != digests[f.name]:
+            raise WeightsError(f"{f}: contents do not match the SHA-256 in {index.name} "
+                               "(tampered with or corrupt)")
+        try:
+            part = load_file(str(f))
+        except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as e:
+            raise WeightsError(f"{f}: unreadable safetensors file ({e})") from None
+        state.update(part)
+    if expected is not None:
         missing = expected - set(state)
         if missing:
-            raise WeightsError(f"{folder}: shards are missing tensors, e.g. {sorted(missing)[0]}")
+            raise WeightsError(f"{folder}: shards are missing tensors, e.g. {min(missing)}")
     if dtype is not None:
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     return state
@@ -114,14 +158,18 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: st
     module.load_state_dict(state, strict=True)
 
 
-def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a foreign .pt/.pth (``weights_only``: pickles refused) or .safetensors file,
-    unwrapping ``{'state_dict' | 'model' | 'ema' | 'params': ...}``; WeightsError naming it."""
+def read_checkpoint_file(path: str | os.PathLike, *,
+                         allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a foreign .pt/.pth/.bin/.ckpt or .safetensors file, unwrapping
+    ``{'state_dict' | 'model' | 'ema' | 'params': ...}``; WeightsError naming it.
+
+    Pickled objects (code that runs on load) are refused: only torch's ``weights_only``
+    unpickler is used unless ``allow_pickle=True`` is passed for a file you trust."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".safetensors":
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except FileNotFoundError:
         raise WeightsError(f"{path}: checkpoint not found") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for refused/corrupt pickles

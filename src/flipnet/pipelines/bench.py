@@ -69,7 +69,9 @@ def build_sets(cfg: BenchConfig) -> dict[str, dict]:
     sets = {}
     for preset in PRESETS:
         lq_dir, gt_dir = work / preset / "lq", work / preset / "gt"
-        if not (lq_dir.is_dir() and len(list_images(lq_dir)) == n):
+        done = all(d.is_dir() and len(list_images(d)) == n for d in (lq_dir, gt_dir)) and \
+            (work / preset / "params.json").is_file()  # params.json is written last
+        if not done:
             pcfg = rescale_blur(get_preset(preset), hq.shape[1])
             with torch.no_grad():
                 lq, params = degrade_images(to_tensor(hq), pcfg, seed=cfg.seed)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flipnet.io import save_image, write_bytes_atomic
 from flipnet.viz import make_grid
-from flipnet.io import save_image
 
 SYN_COLS = [("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("identity_cos", "ID cos↑"),
             ("niqe", "NIQE↓"), ("brisque", "BRISQUE↓"), ("fd_lowlevel", "FD-lowlevel↓")]
@@ -30,6 +30,15 @@ def _table(results: dict, set_name: str, cols) -> list[str]:
             lines.append(f"| {m} | " + " | ".join(_fmt(r.get(k)) for k, _ in cols)
                          + f" | {_fmt(r['seconds_per_face'])} |")
     return lines
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Render a matplotlib figure to PNG bytes and write them atomically (a kill leaves no half)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def render_markdown(results: dict) -> str:
@@ -98,7 +107,7 @@ def plot_all(results: dict, grid_rows: list, folder: Path) -> None:
         ax.set_title(label)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "metrics.png", dpi=110)
+    _save_figure(fig, folder / "metrics.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -112,7 +121,7 @@ def plot_all(results: dict, grid_rows: list, folder: Path) -> None:
     ax.set_xlabel("faces / s (CPU, batch 32)")
     ax.set_ylabel("PSNR on codeformer set (dB)")
     fig.tight_layout()
-    fig.savefig(folder / "quality_speed.png", dpi=110)
+    _save_figure(fig, folder / "quality_speed.png")
     plt.close(fig)
 
     if grid_rows:

@@ -4,7 +4,8 @@ For each LQ face: restore it with the restorer, diffuse the output to t0 and sam
 low-pass guidance toward it (``prior_restore.guided_resample``). The pair (LQ, target) is what
 ``flipnet finetune`` trains on. Output layout: ``DST/lq/NAME.png`` (the input, aligned crop),
 ``DST/target/NAME.png``, and ``DST/pseudo_targets.json`` (settings). Resumable: faces whose
-target exists are skipped; each face's noise depends only on (seed, its sorted index).
+target exists are skipped; each face's noise depends only on (seed, its sorted index), so a
+rerun after a kill -9 writes the same files (each written atomically, the target last).
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flipnet.errors import FlipnetError
-from flipnet.io import BatchLog, list_images, load_image, save_image, to_tensor, to_uint8
-from flipnet.io import write_bytes_atomic
+from flipnet.errors import ConfigError, FlipnetError
+from flipnet.io import (
+    BatchLog,
+    list_images,
+    load_image,
+    remove_partial_files,
+    save_image,
+    to_tensor,
+    to_uint8,
+    write_bytes_atomic,
+)
 from flipnet.pipelines.prior_restore import GuidedResampleConfig, guided_resample
 from flipnet.splits import in_split
 
@@ -61,8 +70,14 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
     device = pick_device(cfg.device)
     restorer = RestorerMethod(resolve_weights(cfg.restorer), device=str(device))
     prior = load_prior(resolve_weights(cfg.prior), device)
+    trained_steps = prior.schedule.num_timesteps
+    if cfg.respaced_steps > trained_steps:
+        raise ConfigError(f"{cfg.prior}: respaced_steps {cfg.respaced_steps} is more than the "
+                          f"prior's {trained_steps} trained timesteps")
     guide = GuidedResampleConfig(respaced_steps=cfg.respaced_steps, t0=cfg.t0, tau=cfg.tau,
                                  factor=cfg.factor, seed=cfg.seed)
+    for folder in (dst, dst / "lq", dst / "target"):  # what a kill -9 mid-write leaves
+        remove_partial_files(folder)
     names = [p.relative_to(src).with_suffix("").as_posix().replace("/", "__") for p in files]
     todo = [i for i, n in enumerate(names) if not (dst / "target" / f"{n}.png").exists()]
     log = BatchLog()

@@ -9,16 +9,22 @@ the number of batches consumed, so resuming replays the same batches (see ``trai
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import shutil
+import signal
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from flipnet.errors import FlipnetError
+from flipnet.config import config_to_dict, load_config
+from flipnet.errors import ConfigError, FlipnetError, OutputPathError
+from flipnet.io import remove_partial_files, write_bytes_atomic
 
 _STEP_DIR = re.compile(r"^step-(\d{7})$")
 
@@ -112,24 +118,126 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def fault_point(name: str) -> None:
+    """Test hook: SIGKILL this process when env ``FLIPNET_KILL_AT`` equals ``name`` (a kill -9 at an
+    exact moment, e.g. ``checkpoint:4`` between writing and renaming step 4's checkpoint)."""
+    if os.environ.get("FLIPNET_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save_checkpoint(accelerator, root: str | Path, step: int, *, keep: int = 2) -> Path:
-    """``accelerator.save_state`` into ``root/step-NNNNNNN`` (atomic rename); keep the newest ``keep``."""
+    """``accelerator.save_state`` into ``root/step-NNNNNNN`` (atomic rename); keep ``keep``.
+
+    A failed write (disk full, read-only folder) removes the partial ``.tmp`` folder, keeps the
+    older checkpoints and raises ``OutputPathError`` naming the folder."""
     root = Path(root)
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        fault_point(f"checkpoint:{step}")
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in checkpoints(root)[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        free = shutil.disk_usage(root).free if root.is_dir() else 0
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoints(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                  else str(e).strip().splitlines()[-1][:200])
+        raise OutputPathError(f"{tmp}: checkpoint could not be written ({reason}; {free:,} bytes "
+                              "free there); older checkpoints are kept") from None
     accelerator.wait_for_everyone()
     return final
+
+
+def config_differences(old, new, *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs, as ``key: old -> new`` lines."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(config_to_dict(old)), flat(config_to_dict(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
+def resume_point(out_dir: str | Path, cfg, *, harmless: tuple[str, ...]) -> Path | None:
+    """The checkpoint a run in ``out_dir`` continues from (rerun = continue), or None (fresh run).
+
+    Resuming is automatic when ``out_dir/train_config.json`` holds the same config apart from
+    ``harmless`` fields (resume, max_minutes, steps...). A different config is a ``ConfigError``
+    listing the differences, unless ``cfg.resume`` forces continuing (with a warning)."""
+    out = Path(out_dir)
+    last = latest_checkpoint(out / "checkpoints")
+    if last is None:
+        return None
+    saved = out / "train_config.json"
+    if not saved.is_file():
+        if cfg.resume:
+            return last
+        raise ConfigError(f"{out}: holds checkpoints (latest {last.name}) but no "
+                          "train_config.json; pass --resume to continue from them anyway, or "
+                          "choose another out_dir")
+    diff = config_differences(load_config(type(cfg), saved), cfg, ignore=harmless)
+    if diff and not cfg.resume:
+        raise ConfigError(f"{out}: holds checkpoints (latest {last.name}) of a different config "
+                          f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); rerun with "
+                          "the same settings to continue, pass --resume to continue anyway, or "
+                          "choose another out_dir")
+    if diff:
+        warnings.warn(f"{out}: resuming {last.name} with changed settings: {'; '.join(diff)}",
+                      stacklevel=2)
+    return last
+
+
+def clean_partial_outputs(out_dir: str | Path, *, exports: tuple[str, ...] = ()) -> None:
+    """Remove what a kill -9 can leave in a run folder: ``checkpoints/*.tmp`` folders, temporary
+    files of atomic writes, half-swapped export folders (``NAME.tmp``; ``NAME.old`` put back)."""
+    out = Path(out_dir)
+    for tmp in (out / "checkpoints").glob("step-*.tmp") if (out / "checkpoints").is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for name in exports:
+        final, tmp, old = out / name, out / f"{name}.tmp", out / f"{name}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not final.exists():
+            old.rename(final)  # killed between the two renames of an export swap
+        shutil.rmtree(old, ignore_errors=True)
+    for folder in (out, out / "samples", *(out / n for n in exports)):
+        remove_partial_files(folder)
+
+
+def trim_log(path: str | Path, step: int) -> None:
+    """Drop log lines after ``step`` (and a half-written last line) so a resumed run does not
+    log the replayed steps twice."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_bytes_atomic(path, "".join(f"{x}\n" for x in kept).encode())
+
+
+def append_log(path: str | Path, line: dict) -> None:
+    """Append one JSON line to the loss log; a failed write is an ``OutputPathError``."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError as e:
+        raise OutputPathError(f"{path}: could not be written ({e.strerror or e})") from None
 
 
 def load_checkpoint(accelerator, path: str | Path) -> None:

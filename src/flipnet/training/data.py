@@ -20,8 +20,8 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from flipnet.errors import FlipnetError, ImageReadError
-from flipnet.splits import in_split
 from flipnet.io import list_images, load_image, to_tensor
+from flipnet.splits import in_split
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -31,7 +31,8 @@ class FinetuneConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "Stop after this wall time (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed of pseudo targets and training."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint."})
+    resume: bool = field(default=False, metadata={
+        "help": "Continue even if settings differ (a same-settings rerun continues anyway)."})
 
 
 def finetune(cfg: FinetuneConfig) -> Path:

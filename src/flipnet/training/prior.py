@@ -28,17 +28,28 @@ from flipnet.models.prior import PriorConfig, save_prior
 from flipnet.models.unet import UNet, count_parameters
 from flipnet.training.common import (
     EMA,
-    endless_batches,
-    hardware_name,
     TrainProgress,
+    append_log,
     check_finite,
+    clean_partial_outputs,
+    endless_batches,
     every,
+    fault_point,
+    hardware_name,
     latest_checkpoint,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
+    trim_log,
 )
 from flipnet.training.data import FaceFolder, ShuffleFlipSampler
 from flipnet.viz import save_grid
+from flipnet.weights import replace_folder_atomically
+
+# settings that may change between a run and its continuation without changing the result
+RESUME_HARMLESS = ("resume", "max_minutes", "steps", "threads", "num_workers", "log_every",
+                   "sample_every", "sample_count", "sample_steps", "save_every",
+                   "keep_checkpoints")
 
 
 def _h(text: str) -> dict:
@@ -74,7 +85,9 @@ class PriorTrainConfig:
     seed: int = field(default=0, metadata=_h("seed for init, data order, noise"))
     num_workers: int = field(default=0, metadata=_h("DataLoader workers (data is in memory)"))
     threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
-    resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
+    resume: bool = field(default=False, metadata=_h(
+        "continue even if settings differ from the saved run (a rerun with the same settings "
+        "continues from the newest checkpoint without it)"))
 
 
 def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n_params: int,
@@ -100,15 +113,15 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    last = latest_checkpoint(ckpt_root)
-    if last is not None and not cfg.resume:
-        raise FlipnetError(f"{out}: holds checkpoints (latest {last.name}); pass resume=True "
-                           "(--resume) to continue, or choose another out_dir")
+    # a rerun with the same settings continues from the newest complete checkpoint
+    last = resume_point(out, cfg, harmless=RESUME_HARMLESS)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     main, device = accelerator.is_main_process, accelerator.device
     if main:
+        clean_partial_outputs(out, exports=("prior",))
         save_config(cfg, out / "train_config.json")
+    accelerator.wait_for_everyone()
     # data, model, EMA, optimizer
     set_seed(cfg.seed)
     schedule = make_schedule(cfg.prior.schedule)
@@ -124,75 +137,82 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     model, opt, loader = accelerator.prepare(model, opt, loader)
     ema, progress = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay), TrainProgress()
     accelerator.register_for_checkpointing(ema, progress)
-    if last is not None and cfg.resume:
+    sample_model = UNet(cfg.prior.unet).to(device).eval()  # before the RNG states are restored
+    if last is not None:
         load_checkpoint(accelerator, last)
-    sample_model = UNet(cfg.prior.unet).to(device).eval()
+        if main:
+            trim_log(out / "log.jsonl", progress.step)
     fixed_noise = torch.randn((cfg.sample_count, 3, cfg.prior.unet.image_size,
                                cfg.prior.unet.image_size),
                               generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     noise_gen = torch.Generator(device=device)
     batches = endless_batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
-    t_start, wall0, smooth = time.time(), progress.wall_seconds, None
+    t_start, wall0 = time.time(), progress.wall_seconds
+    smooth = progress.last_loss if progress.step else None  # the log continues smoothly
     bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="prior",
                dynamic_ncols=True)
-    while progress.step < cfg.steps:
-        step = progress.step + 1
-        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        # one optimizer step = grad_accum micro-batches; noise is a function of (seed, step, rank)
-        for micro in range(cfg.grad_accum):
-            x0 = next(batches)
-            with accelerator.accumulate(model):
-                noise_gen.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096
-                                      + accelerator.process_index)
-                t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=device,
-                                  generator=noise_gen)
-                noise = torch.randn(x0.shape, device=device, generator=noise_gen)
-                xt = schedule.q_sample(x0, t, noise)
-                loss = F.mse_loss(model(xt, t).float(), schedule.training_target(x0, t, noise))
-                check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
-                             latest_checkpoint(ckpt_root))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:  # also catches Inf/NaN gradients of a finite loss
-                    norm = accelerator.clip_grad_norm_(model.parameters(),
-                                                       cfg.grad_clip or float("inf"))
-                    check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        ema.update(accelerator.unwrap_model(model))
-        loss_value = float(loss.detach())
-        smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
-        progress.step, progress.last_loss = step, smooth
-        progress.wall_seconds = wall0 + time.time() - t_start
-        bar.update(1)
-        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-        if main and every(cfg.log_every, step):
-            line = {"step": step, "loss": loss_value, "loss_smooth": smooth, "lr": lr,
-                    "wall_s": round(progress.wall_seconds, 1)}
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
-        if main and every(cfg.sample_every, step):
-            ema.copy_to(sample_model)
-            ts = sampling_timesteps(schedule.num_timesteps, str(cfg.sample_steps))
-            x = sample_ddim(lambda xt_, t_: sample_model(xt_, t_), fixed_noise, schedule, ts)
-            save_grid(out / "samples" / f"step-{step:07d}.png", x)
-        if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
-            save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-        if out_of_time:
-            break
-    bar.close()
+    try:  # the bar ends its line even when a step fails, so an error prints on its own
+        while progress.step < cfg.steps:
+            step = progress.step + 1
+            lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            # one optimizer step = grad_accum micro-batches; noise = f(seed, step, rank)
+            for micro in range(cfg.grad_accum):
+                x0 = next(batches)
+                with accelerator.accumulate(model):
+                    noise_gen.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096
+                                          + accelerator.process_index)
+                    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=device,
+                                      generator=noise_gen)
+                    noise = torch.randn(x0.shape, device=device, generator=noise_gen)
+                    xt = schedule.q_sample(x0, t, noise)
+                    loss = F.mse_loss(model(xt, t).float(), schedule.training_target(x0, t, noise))
+                    check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
+                                 latest_checkpoint(ckpt_root))
+                    accelerator.backward(loss)
+                    # also catches Inf/NaN gradients of a finite loss
+                    if accelerator.sync_gradients:
+                        norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                           cfg.grad_clip or float("inf"))
+                        check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            ema.update(accelerator.unwrap_model(model))
+            loss_value = float(loss.detach())
+            smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
+            progress.step, progress.last_loss = step, smooth
+            progress.wall_seconds = wall0 + time.time() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
+            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
+            if main and every(cfg.log_every, step):
+                line = {"step": step, "loss": loss_value, "loss_smooth": smooth, "lr": lr,
+                        "wall_s": round(progress.wall_seconds, 1)}
+                append_log(out / "log.jsonl", line)
+            if main and every(cfg.sample_every, step):
+                ema.copy_to(sample_model)
+                ts = sampling_timesteps(schedule.num_timesteps, str(cfg.sample_steps))
+                x = sample_ddim(lambda xt_, t_: sample_model(xt_, t_), fixed_noise, schedule, ts)
+                save_grid(out / "samples" / f"step-{step:07d}.png", x)
+            if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
+                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
     # export the EMA weights as a prior folder with a model card
     folder = out / "prior"
     if main:
         ema.copy_to(sample_model)
-        save_prior(folder, sample_model, cfg.prior)
-        card = _model_card(cfg, progress, len(dataset), count_parameters(sample_model),
-                           hardware_name(accelerator))
-        write_bytes_atomic(folder / "MODEL_CARD.md", card.encode())
-        write_bytes_atomic(folder / "train_config.json",
-                           json.dumps(config_to_dict(cfg), indent=2).encode())
+        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half a prior
+            save_prior(tmp, sample_model, cfg.prior)
+            card = _model_card(cfg, progress, len(dataset), count_parameters(sample_model),
+                               hardware_name(accelerator))
+            write_bytes_atomic(tmp / "MODEL_CARD.md", card.encode())
+            write_bytes_atomic(tmp / "train_config.json",
+                               json.dumps(config_to_dict(cfg), indent=2).encode())
+            fault_point("export")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder

@@ -35,14 +35,19 @@ from flipnet.models.restorer import (
 )
 from flipnet.training.common import (
     EMA,
-    endless_batches,
-    hardware_name,
     TrainProgress,
+    append_log,
     check_finite,
+    clean_partial_outputs,
+    endless_batches,
     every,
+    fault_point,
+    hardware_name,
     latest_checkpoint,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
+    trim_log,
 )
 from flipnet.training.losses import (
     fft_amplitude_loss,
@@ -62,6 +67,13 @@ from flipnet.training.pairs import (
     load_faces,
 )
 from flipnet.viz import save_grid
+from flipnet.weights import replace_folder_atomically
+
+# settings that may change between a run and its continuation without changing the result
+# ("steps" too when the learning rate does not depend on it)
+RESUME_HARMLESS = ("resume", "max_minutes", "threads", "num_workers", "log_every",
+                   "sample_every", "sample_count", "save_every", "keep_checkpoints", "eval_count",
+                   "eval_presets")
 
 
 def _h(text: str) -> dict:
@@ -122,7 +134,9 @@ class RestorerTrainConfig:
     seed: int = field(default=0, metadata=_h("seed for init, data order, degradations"))
     num_workers: int = field(default=0, metadata=_h("DataLoader workers (degrade in parallel)"))
     threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
-    resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
+    resume: bool = field(default=False, metadata=_h(
+        "continue even if settings differ from the saved run (a rerun with the same settings "
+        "continues from the newest checkpoint without it)"))
     init_from: str | None = field(default=None, metadata=_h("start from this restorer folder"))
     eval_count: int = field(default=100, metadata=_h("test-split faces for the final check"))
     eval_presets: tuple[str, ...] = field(default=("codeformer", "gfpgan"),
@@ -256,15 +270,16 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    last = latest_checkpoint(ckpt_root)
-    if last is not None and not cfg.resume:
-        raise FlipnetError(f"{out}: holds checkpoints (latest {last.name}); pass resume=True "
-                           "(--resume) to continue, or choose another out_dir")
+    # a rerun with the same settings continues from the newest complete checkpoint
+    harmless = RESUME_HARMLESS + (("steps",) if cfg.lr_schedule == "constant" else ())
+    last = resume_point(out, cfg, harmless=harmless)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     main, device = accelerator.is_main_process, accelerator.device
     if main:
+        clean_partial_outputs(out, exports=("restorer",))
         save_config(cfg, out / "train_config.json")
+    accelerator.wait_for_everyone()
     # data, models, losses, EMA, optimizers
     set_seed(cfg.seed)
     dataset = make_pairs(cfg, progress=main)
@@ -291,9 +306,11 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                                       lpips_backbone=cfg.lpips_backbone, device=device)
     ema, progress = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay), TrainProgress()
     accelerator.register_for_checkpointing(ema, progress)
-    if last is not None and cfg.resume:
+    sample_model = Restorer(cfg.restorer).to(device).eval()  # before the RNG states are restored
+    if last is not None:
         load_checkpoint(accelerator, last)
-    sample_model = Restorer(cfg.restorer).to(device).eval()
+        if main:
+            trim_log(out / "log.jsonl", progress.step)
     fixed_lq, fixed_hq = fixed_pairs(dataset, cfg.sample_count, seed=cfg.seed + 1)
 
     def save_samples(path: Path) -> Path:
@@ -303,103 +320,109 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
         return save_grid(path, torch.cat([fixed_lq, restored, fixed_hq]), ncol=len(fixed_lq))
 
     batches = endless_batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
-    t_start, wall0, smooth = time.time(), progress.wall_seconds, None
+    t_start, wall0 = time.time(), progress.wall_seconds
+    smooth = progress.last_loss if progress.step else None  # the log continues smoothly
     bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="restorer",
                dynamic_ncols=True)
-    while progress.step < cfg.steps:
-        step = progress.step + 1
-        lr = _lr_at(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        gan_on = use_gan and step > cfg.gan_start
-        for _ in range(cfg.grad_accum):
-            lq, hq = next(batches)
-            with accelerator.accumulate(*([model, disc] if use_gan else [model])):
-                # restorer step: reconstruction terms (+ adversarial term once warmed up)
-                pred = model(lq)
-                parts = {"l1": l1_loss(pred, hq)}
-                if cfg.pyramid_weight:
-                    parts["pyramid"] = pyramid_l1_loss(pred, hq)
-                if cfg.fft_weight:
-                    parts["fft"] = fft_amplitude_loss(pred, hq)
-                if perceptual is not None and cfg.perceptual_weight:
-                    parts["perceptual"] = perceptual(pred, hq)
-                if gan_on:
-                    disc.requires_grad_(False)
-                    parts["gan_g"] = gan_generator_loss(disc(pred), cfg.gan_loss)
-                weights = {"l1": cfg.l1_weight, "pyramid": cfg.pyramid_weight,
-                           "fft": cfg.fft_weight, "perceptual": cfg.perceptual_weight,
-                           "gan_g": cfg.gan_weight}
-                loss = sum(weights[k] * v for k, v in parts.items())
-                check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
-                             latest_checkpoint(ckpt_root))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:  # also catches Inf/NaN gradients of a finite loss
-                    norm = accelerator.clip_grad_norm_(model.parameters(),
-                                                       cfg.grad_clip or float("inf"))
-                    check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                # discriminator step: real HQ vs restored
-                if gan_on:
-                    disc.requires_grad_(True)
-                    d_loss = gan_discriminator_loss(disc(hq), disc(pred.detach()), cfg.gan_loss)
-                    check_finite(d_loss.detach(), step, latest_checkpoint(ckpt_root),
-                                 what="discriminator loss")
-                    accelerator.backward(d_loss)
-                    if accelerator.sync_gradients and cfg.grad_clip:
-                        accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-                    disc_opt.step()
-                    disc_opt.zero_grad(set_to_none=True)
-                    parts["gan_d"] = d_loss
-        ema.update(accelerator.unwrap_model(model))
-        loss_value = float(loss.detach())
-        smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
-        progress.step, progress.last_loss = step, smooth
-        progress.wall_seconds = wall0 + time.time() - t_start
-        bar.update(1)
-        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-        if main and every(cfg.log_every, step):
-            line = {"step": step, "loss": loss_value, **{k: float(v.detach())
-                                                          for k, v in parts.items()},
-                    "lr": lr, "wall_s": round(progress.wall_seconds, 1)}
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
-        if main and every(cfg.sample_every, step):
-            save_samples(out / "samples" / f"step-{step:07d}.png")
-        if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
-            save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-        if out_of_time:
-            break
-    bar.close()
+    try:  # the bar ends its line even when a step fails, so an error prints on its own
+        while progress.step < cfg.steps:
+            step = progress.step + 1
+            lr = _lr_at(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            gan_on = use_gan and step > cfg.gan_start
+            for _ in range(cfg.grad_accum):
+                lq, hq = next(batches)
+                with accelerator.accumulate(*([model, disc] if use_gan else [model])):
+                    # restorer step: reconstruction terms (+ adversarial term once warmed up)
+                    pred = model(lq)
+                    parts = {"l1": l1_loss(pred, hq)}
+                    if cfg.pyramid_weight:
+                        parts["pyramid"] = pyramid_l1_loss(pred, hq)
+                    if cfg.fft_weight:
+                        parts["fft"] = fft_amplitude_loss(pred, hq)
+                    if perceptual is not None and cfg.perceptual_weight:
+                        parts["perceptual"] = perceptual(pred, hq)
+                    if gan_on:
+                        disc.requires_grad_(False)
+                        parts["gan_g"] = gan_generator_loss(disc(pred), cfg.gan_loss)
+                    weights = {"l1": cfg.l1_weight, "pyramid": cfg.pyramid_weight,
+                               "fft": cfg.fft_weight, "perceptual": cfg.perceptual_weight,
+                               "gan_g": cfg.gan_weight}
+                    loss = sum(weights[k] * v for k, v in parts.items())
+                    check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
+                                 latest_checkpoint(ckpt_root))
+                    accelerator.backward(loss)
+                    # also catches Inf/NaN gradients of a finite loss
+                    if accelerator.sync_gradients:
+                        norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                           cfg.grad_clip or float("inf"))
+                        check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    # discriminator step: real HQ vs restored
+                    if gan_on:
+                        disc.requires_grad_(True)
+                        d_loss = gan_discriminator_loss(disc(hq), disc(pred.detach()), cfg.gan_loss)
+                        check_finite(d_loss.detach(), step, latest_checkpoint(ckpt_root),
+                                     what="discriminator loss")
+                        accelerator.backward(d_loss)
+                        if accelerator.sync_gradients and cfg.grad_clip:
+                            accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+                        disc_opt.step()
+                        disc_opt.zero_grad(set_to_none=True)
+                        parts["gan_d"] = d_loss
+            ema.update(accelerator.unwrap_model(model))
+            loss_value = float(loss.detach())
+            smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
+            progress.step, progress.last_loss = step, smooth
+            progress.wall_seconds = wall0 + time.time() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
+            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
+            if main and every(cfg.log_every, step):
+                line = {"step": step, "loss": loss_value, **{k: float(v.detach())
+                                                              for k, v in parts.items()},
+                        "lr": lr, "wall_s": round(progress.wall_seconds, 1)}
+                append_log(out / "log.jsonl", line)
+            if main and every(cfg.sample_every, step):
+                save_samples(out / "samples" / f"step-{step:07d}.png")
+            if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
+                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
     # export the EMA weights as a restorer folder with samples, a quick check and a model card
     folder = out / "restorer"
     if main:
         ema.copy_to(sample_model)
-        save_restorer(folder, sample_model, cfg.restorer)
-        evaluation = None
-        if cfg.eval_count > 0 and not cfg.pairs_dir:
-            try:
-                evaluation, figure = evaluate_synthetic(
-                    sample_model, cfg.data_dir, cfg.eval_presets, size=cfg.restorer.image_size,
-                    count=cfg.eval_count)
-                write_bytes_atomic(folder / "eval.json", json.dumps(evaluation, indent=1).encode())
-                shown = figure[:2]  # LQ | restored: data-set HQ images stay out of weights/
-                save_grid(folder / "samples.png", shown.reshape(-1, *shown.shape[2:]),
-                          ncol=shown.shape[1])
-            except FlipnetError as e:  # e.g. no test-split faces in a small folder
-                tqdm.write(f"quick check skipped: {e}")
-        if evaluation is None:
-            save_samples(folder / "samples.png")
-        card = _model_card(cfg, progress, n_pairs=len(dataset),
-                           n_params=count_parameters(sample_model),
-                           hardware=hardware_name(accelerator), perceptual=perceptual_kind,
-                           losses=_final_losses(out / "log.jsonl"), evaluation=evaluation,
-                           command=command)
-        write_bytes_atomic(folder / "MODEL_CARD.md", card.encode())
-        write_bytes_atomic(folder / "train_config.json",
-                           json.dumps(config_to_dict(cfg), indent=2).encode())
+        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half a restorer
+            save_restorer(tmp, sample_model, cfg.restorer)
+            evaluation = None
+            if cfg.eval_count > 0 and not cfg.pairs_dir:
+                try:
+                    evaluation, figure = evaluate_synthetic(
+                        sample_model, cfg.data_dir, cfg.eval_presets,
+                        size=cfg.restorer.image_size, count=cfg.eval_count)
+                    write_bytes_atomic(tmp / "eval.json",
+                                       json.dumps(evaluation, indent=1).encode())
+                    shown = figure[:2]  # LQ | restored: data-set HQ images stay out of weights/
+                    save_grid(tmp / "samples.png", shown.reshape(-1, *shown.shape[2:]),
+                              ncol=shown.shape[1])
+                except FlipnetError as e:  # e.g. no test-split faces in a small folder
+                    tqdm.write(f"quick check skipped: {e}")
+            if evaluation is None:
+                save_samples(tmp / "samples.png")
+            card = _model_card(cfg, progress, n_pairs=len(dataset),
+                               n_params=count_parameters(sample_model),
+                               hardware=hardware_name(accelerator), perceptual=perceptual_kind,
+                               losses=_final_losses(out / "log.jsonl"), evaluation=evaluation,
+                               command=command)
+            write_bytes_atomic(tmp / "MODEL_CARD.md", card.encode())
+            write_bytes_atomic(tmp / "train_config.json",
+                               json.dumps(config_to_dict(cfg), indent=2).encode())
+            fault_point("export")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder
