@@ -241,8 +241,16 @@ def append_log(path: str | Path, line: dict) -> None:
 
 
 def load_checkpoint(accelerator, path: str | Path) -> None:
-    """``accelerator.load_state`` (model, optimizer, RNG and registered objects)."""
-    accelerator.load_state(str(path))
+    """``accelerator.load_state`` (model, optimizer, RNG and registered objects).
+
+    A checkpoint written by another version of the model (keys or shapes differ) is a
+    ``ConfigError`` naming it, not a raw state-dict traceback."""
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: cannot resume from this checkpoint ({first[:200]}); it was "
+                          "written by a different model or version: use a new out_dir") from e
 
 
 def check_finite(loss: torch.Tensor | float, step: int, last_checkpoint: Path | None, *,

@@ -4,9 +4,11 @@ Data: HQ faces of the UTKFace train split (``flipnet.splits``), each degraded on
 preset chosen by its seed (``training.pairs.SyntheticPairs``), so every step sees (lq, hq) pairs
 of the same faces. Steps 1..``stage1_steps`` minimise ``reconstruction_loss`` (both pairs); the
 next ``stage2_steps`` minimise ``alignment_loss`` (InfoNCE between LQ-encoder tokens and frozen
-HQ-encoder tokens; only the LQ encoder receives gradients). Accelerate, EMA, exact-resume
-checkpoints and sample grids follow ``training.prior``; the EMA embedder is exported to
-``<out_dir>/embedder`` (config.json + fp16 safetensors + MODEL_CARD.md).
+HQ-encoder tokens; only the LQ encoder receives gradients). Accelerate (forward passes through
+the DDP-wrapped ``EmbedderObjective``), EMA, sample grids and the fault tolerance follow
+``training.prior``: a rerun with the same settings continues from the newest checkpoint; a kill -9
+never leaves half a checkpoint or export. The EMA embedder is exported to ``<out_dir>/embedder``
+(config.json + fp16 safetensors + MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from flipnet.config import save_config
+from flipnet.config import config_to_dict, save_config
 from flipnet.errors import FlipnetError
 from flipnet.io import write_bytes_atomic
 from flipnet.models.face_embedding import (
@@ -32,13 +35,18 @@ from flipnet.models.face_embedding import (
 from flipnet.training.common import (
     EMA,
     TrainProgress,
+    append_log,
     check_finite,
+    clean_partial_outputs,
     endless_batches,
     every,
+    fault_point,
     hardware_name,
     latest_checkpoint,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
+    trim_log,
 )
 from flipnet.training.pairs import (
     PairSampler,
@@ -48,6 +56,12 @@ from flipnet.training.pairs import (
     load_faces,
 )
 from flipnet.viz import save_grid
+from flipnet.weights import replace_folder_atomically
+
+# settings that may change between a run and its continuation without changing the result
+# (stage2_steps only says where to stop: stage II starts after stage1_steps either way)
+RESUME_HARMLESS = ("resume", "max_minutes", "stage2_steps", "threads", "log_every",
+                   "sample_every", "sample_count", "save_every", "keep_checkpoints")
 
 
 def _h(text: str) -> dict:
@@ -80,7 +94,9 @@ class EmbedderTrainConfig:
     log_every: int = field(default=50, metadata=_h("log line every N steps"))
     seed: int = field(default=0, metadata=_h("seed for init, data order, degradations"))
     threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
-    resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
+    resume: bool = field(default=False, metadata=_h(
+        "continue even if settings differ from the saved run (a rerun with the same settings "
+        "continues from the newest checkpoint without it)"))
 
 
 def embedder_step_loss(embedder: FaceEmbedder, hq: torch.Tensor, lq: torch.Tensor,
@@ -89,23 +105,40 @@ def embedder_step_loss(embedder: FaceEmbedder, hq: torch.Tensor, lq: torch.Tenso
     return reconstruction_loss(embedder, hq, lq) if stage == 1 else alignment_loss(embedder, hq, lq)
 
 
+class EmbedderObjective(nn.Module):
+    """``embedder_step_loss`` as a module's forward, so Accelerate's DDP wrapper sees (and syncs)
+    the embedder's gradients; ``FaceEmbedder`` itself has no forward."""
+
+    def __init__(self, embedder: FaceEmbedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, hq: torch.Tensor, lq: torch.Tensor, stage: int) -> torch.Tensor:
+        """(B, 3, H, W) x2 -> scalar loss of ``stage``."""
+        return embedder_step_loss(self.embedder, hq, lq, stage)
+
+
 def train_face_embedding(cfg: EmbedderTrainConfig) -> Path:
     """Train (or resume) the embedder; returns the exported EMA folder ``<out_dir>/embedder``."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    last = latest_checkpoint(ckpt_root)
-    if last is not None and not cfg.resume:
-        raise FlipnetError(f"{out}: holds checkpoints (latest {last.name}); pass --resume to "
-                           "continue, or choose another out_dir")
-    accelerator = Accelerator()
+    # a rerun with the same settings continues from the newest complete checkpoint
+    last = resume_point(out, cfg, harmless=RESUME_HARMLESS)
+    # stage II trains only the LQ encoder: the HQ encoder (the frozen teacher) and both decoders
+    # get no gradient there, which DDP only allows with find_unused_parameters; parameters unused
+    # on every process keep grad None, so AdamW leaves them alone as in a single process
+    accelerator = Accelerator(kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=cfg.stage2_steps > 0)])
     main, device = accelerator.is_main_process, accelerator.device
     if main:
+        clean_partial_outputs(out, exports=("embedder",))
         save_config(cfg, out / "train_config.json")
+    accelerator.wait_for_everyone()
     # data, model, EMA, optimizer
     set_seed(cfg.seed)
     size = cfg.embedding.image_size
@@ -113,71 +146,100 @@ def train_face_embedding(cfg: EmbedderTrainConfig) -> Path:
                            progress=main)
     dataset = SyntheticPairs(pixels, face_presets(cfg.presets, size))
     if len(dataset) < max(2, cfg.batch_size):
-        raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} faces, fewer than one batch")
+        raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} faces, fewer than one batch "
+                           f"({max(2, cfg.batch_size)})")
     sampler = PairSampler(len(dataset), seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-    embedder = FaceEmbedder(cfg.embedding)
-    opt = torch.optim.AdamW(embedder.parameters(), lr=cfg.lr)
-    embedder, opt, loader = accelerator.prepare(embedder, opt, loader)
-    ema, progress = EMA(accelerator.unwrap_model(embedder), decay=cfg.ema_decay), TrainProgress()
+    # own generator: starting an epoch (or a resumed one) leaves the global RNG alone
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        generator=torch.Generator())
+    objective = EmbedderObjective(FaceEmbedder(cfg.embedding))
+    opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr)
+    # forward passes go through the prepared (DDP-wrapped) objective; the unwrapped embedder is
+    # only read for the EMA, sample grids and the export
+    objective, opt, loader = accelerator.prepare(objective, opt, loader)
+    ema = EMA(accelerator.unwrap_model(objective).embedder, decay=cfg.ema_decay)
+    progress = TrainProgress()
     accelerator.register_for_checkpointing(ema, progress)
+    sample_model = FaceEmbedder(cfg.embedding).to(device).eval()  # before RNG states are restored
     if last is not None:
         load_checkpoint(accelerator, last)
+        if main:
+            trim_log(out / "log.jsonl", progress.step)
     fixed_lq, fixed_hq = fixed_pairs(dataset, cfg.sample_count, seed=cfg.seed + 1)
-    sample_model = FaceEmbedder(cfg.embedding).to(device).eval()
     total = cfg.stage1_steps + cfg.stage2_steps
     batches = endless_batches(accelerator, loader, sampler, progress.step)
     t_start, wall0 = time.time(), progress.wall_seconds
-    bar = tqdm(total=total, initial=progress.step, disable=not main, desc="embedder")
-    while progress.step < total:
-        step = progress.step + 1
-        stage = 1 if step <= cfg.stage1_steps else 2
-        lq, hq = next(batches)
-        loss = embedder_step_loss(accelerator.unwrap_model(embedder), hq, lq, stage)
-        check_finite(loss.detach(), step, latest_checkpoint(ckpt_root))
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(embedder.parameters(), cfg.grad_clip or float("inf"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)  # stage II: params without gradients are left alone
-        ema.update(accelerator.unwrap_model(embedder))
-        progress.step, progress.last_loss = step, float(loss.detach())
-        progress.wall_seconds = wall0 + time.time() - t_start
-        bar.update(1)
-        bar.set_postfix(stage=stage, loss=f"{progress.last_loss:.4f}")
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-        if main and every(cfg.log_every, step):
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "stage": stage, "loss": progress.last_loss,
-                                    "wall_s": round(progress.wall_seconds, 1)}) + "\n")
-        if main and every(cfg.sample_every, step):
-            ema.copy_to(sample_model)
-            with torch.no_grad():
-                hq_s, lq_s = fixed_hq.to(device), fixed_lq.to(device)
-                rows = [hq_s, sample_model.reconstruct(hq_s, "hq"), lq_s,
-                        sample_model.reconstruct(lq_s, "lq")]
-            save_grid(out / "samples" / f"step-{step:07d}.png", torch.cat(rows).clamp(-1, 1),
-                      ncol=len(hq_s))
-        if every(cfg.save_every, step) or step == total or out_of_time:
-            save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-        if out_of_time:
-            break
-    bar.close()
+    bar = tqdm(total=total, initial=progress.step, disable=not main, desc="embedder",
+               dynamic_ncols=True)
+    try:  # the bar ends its line even when a step fails, so an error prints on its own
+        while progress.step < total:
+            step = progress.step + 1
+            stage = 1 if step <= cfg.stage1_steps else 2
+            lq, hq = next(batches)
+            loss = objective(hq, lq, stage)
+            check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
+                         latest_checkpoint(ckpt_root))
+            accelerator.backward(loss)
+            norm = accelerator.clip_grad_norm_(objective.parameters(),
+                                               cfg.grad_clip or float("inf"))
+            check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # stage II: params without gradients are left alone
+            ema.update(accelerator.unwrap_model(objective).embedder)
+            progress.step, progress.last_loss = step, float(loss.detach())
+            progress.wall_seconds = wall0 + time.time() - t_start
+            bar.update(1)
+            bar.set_postfix(stage=stage, loss=f"{progress.last_loss:.4f}")
+            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
+            if main and every(cfg.log_every, step):
+                append_log(out / "log.jsonl", {"step": step, "stage": stage,
+                                               "loss": progress.last_loss,
+                                               "wall_s": round(progress.wall_seconds, 1)})
+            if main and every(cfg.sample_every, step):
+                _save_samples(out / "samples" / f"step-{step:07d}.png", ema, sample_model,
+                              fixed_hq.to(device), fixed_lq.to(device))
+            if every(cfg.save_every, step) or step == total or out_of_time:
+                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
     # export the EMA embedder with a model card
     folder = out / "embedder"
     if main:
         ema.copy_to(sample_model)
-        save_face_embedder(folder, sample_model)
-        card = (f"# FLIPNET face embedder ({size} px, {cfg.embedding.tokens} tokens x "
-                f"{cfg.embedding.dim})\n\n- data: `{cfg.data_dir}` split {cfg.split} "
-                f"({len(dataset)} faces), LQ from presets {', '.join(cfg.presets)}\n"
-                f"- stage I {cfg.stage1_steps} steps (L1 reconstruction), stage II "
-                f"{cfg.stage2_steps} steps (InfoNCE, temperature {cfg.embedding.temperature}); "
-                f"done {progress.step}\n- wall time: {progress.wall_seconds / 60:.1f} min on "
-                f"{hardware_name(accelerator)}\n- final loss: {progress.last_loss:.4f}\n"
-                "- terms: trained on UTKFace-derived crops: non-commercial research use only.\n")
-        write_bytes_atomic(folder / "MODEL_CARD.md", card.encode())
+        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half an export
+            save_face_embedder(tmp, sample_model)
+            write_bytes_atomic(tmp / "MODEL_CARD.md",
+                               _model_card(cfg, progress, len(dataset), accelerator))
+            write_bytes_atomic(tmp / "train_config.json",
+                               json.dumps(config_to_dict(cfg), indent=2).encode())
+            fault_point("export")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return folder
+
+
+@torch.no_grad()
+def _save_samples(path: Path, ema: EMA, sample_model: FaceEmbedder, hq: torch.Tensor,
+                  lq: torch.Tensor) -> None:
+    """Rows: HQ | HQ pair's reconstruction | LQ | LQ pair's reconstruction (EMA weights)."""
+    ema.copy_to(sample_model)
+    rows = [hq, sample_model.reconstruct(hq, "hq"), lq, sample_model.reconstruct(lq, "lq")]
+    save_grid(path, torch.cat(rows).clamp(-1, 1), ncol=len(hq))
+
+
+def _model_card(cfg: EmbedderTrainConfig, progress: TrainProgress, n_faces: int,
+                accelerator) -> bytes:
+    e = cfg.embedding
+    return (f"# FLIPNET face embedder ({e.image_size} px, {e.tokens} tokens x {e.dim})\n\n"
+            f"- data: `{cfg.data_dir}` split {cfg.split} ({n_faces} faces), LQ from presets "
+            f"{', '.join(cfg.presets)}\n- stage I {cfg.stage1_steps} steps (L1 reconstruction), "
+            f"stage II {cfg.stage2_steps} steps (InfoNCE, temperature {e.temperature}); done "
+            f"{progress.step}\n- wall time: {progress.wall_seconds / 60:.1f} min on "
+            f"{hardware_name(accelerator)}\n- final loss: {progress.last_loss:.4f}\n"
+            "- terms: trained on UTKFace-derived crops: non-commercial research use only.\n"
+            ).encode()
 
 
 if __name__ == "__main__":  # python -m flipnet.training.face_embedding CONFIG.json [--resume]

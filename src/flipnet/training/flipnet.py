@@ -13,8 +13,11 @@ our reading, see docs/FLIPNET.md).
 Each step: one batch per mode; both streams share one t per sample and have their own noise;
 loss = MSE(target stream) + MSE(condition stream) per mode (the schedule's eps or v targets),
 summed over the two modes. Only adapters train: the prior is frozen, checked at start and at
-export. Accelerate, EMA of the trainable tensors, exact-resume checkpoints and sample grids follow
-``training.prior``; the EMA adapters are exported to ``<out_dir>/flipnet``.
+export. Accelerate (CPU, one GPU or ``accelerate launch``: forward passes go through the
+DDP-wrapped net), EMA of the trainable tensors, sample grids and the fault tolerance follow
+``training.prior``: a rerun with the same settings continues from the newest checkpoint and ends
+bit-identical to an unbroken run; a kill -9 never leaves half a checkpoint or export. The EMA
+adapters are exported to ``<out_dir>/flipnet``.
 """
 
 from __future__ import annotations
@@ -30,22 +33,35 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from flipnet.config import save_config
+from flipnet.config import config_to_dict, save_config
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
-from flipnet.errors import FlipnetError, ImageReadError
-from flipnet.io import list_images, load_image, save_image, to_tensor, to_uint8, write_bytes_atomic
+from flipnet.errors import ConfigError, FlipnetError, ImageReadError
+from flipnet.io import (
+    list_images,
+    load_image,
+    remove_partial_files,
+    save_image,
+    to_tensor,
+    to_uint8,
+    write_bytes_atomic,
+)
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, save_flipnet
 from flipnet.splits import in_split
 from flipnet.training.common import (
     EMA,
     TrainProgress,
+    append_log,
     check_finite,
+    clean_partial_outputs,
     endless_batches,
     every,
+    fault_point,
     hardware_name,
     latest_checkpoint,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
+    trim_log,
 )
 from flipnet.training.data import resize_square
 from flipnet.training.pairs import (
@@ -57,6 +73,12 @@ from flipnet.training.pairs import (
     load_faces,
 )
 from flipnet.viz import save_grid
+from flipnet.weights import replace_folder_atomically
+
+# settings that may change between a run and its continuation without changing the result
+# (the learning rate is warmup-then-constant, so ``steps`` only says where to stop)
+RESUME_HARMLESS = ("resume", "max_minutes", "steps", "threads", "log_every", "sample_every",
+                   "sample_count", "sample_steps", "save_every", "keep_checkpoints")
 
 
 def _h(text: str) -> dict:
@@ -98,7 +120,9 @@ class FlipNetTrainConfig:
     log_every: int = field(default=50, metadata=_h("log line every N steps"))
     seed: int = field(default=0, metadata=_h("seed for init, data order, noise"))
     threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
-    resume: bool = field(default=False, metadata=_h("continue from the latest checkpoint"))
+    resume: bool = field(default=False, metadata=_h(
+        "continue even if settings differ from the saved run (a rerun with the same settings "
+        "continues from the newest checkpoint without it)"))
 
 
 @torch.no_grad()
@@ -138,14 +162,19 @@ def make_degradation_pairs(real_lq_dir: str | Path, pairs_dir: str | Path, resto
 
 def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
               generator: torch.Generator) -> torch.Tensor:
-    """One mode's loss: same t for both streams, two noises, MSE(target) + MSE(condition)."""
+    """One mode's loss: same t for both streams, two noises, MSE(target) + MSE(condition).
+
+    ``net`` is called (``net(x_target_t, x_cond_t, t, mode=, context_image=)``), never a method
+    of it, so a DDP-wrapped FLIPNET syncs its gradients across processes."""
     t = torch.randint(0, schedule.num_timesteps, (hq.shape[0],), generator=generator,
                       device=generator.device).to(hq.device)
     noise_hq = torch.randn(hq.shape, generator=generator, device=generator.device).to(hq.device)
     noise_lq = torch.randn(lq.shape, generator=generator, device=generator.device).to(hq.device)
-    pred_hq, pred_lq = net.forward_streams(schedule.q_sample(hq, t, noise_hq),
-                                           schedule.q_sample(lq, t, noise_lq), t, mode=mode,
-                                           hq=hq, lq=lq)
+    xt_hq, xt_lq = schedule.q_sample(hq, t, noise_hq), schedule.q_sample(lq, t, noise_lq)
+    if mode == "restore":  # HQ stream is the target, LQ image gives the tokens
+        pred_hq, pred_lq = net(xt_hq, xt_lq, t, mode=mode, context_image=lq)
+    else:  # degrade: LQ stream is the target, HQ image gives the tokens
+        pred_lq, pred_hq = net(xt_lq, xt_hq, t, mode=mode, context_image=hq)
     return (F.mse_loss(pred_hq.float(), schedule.training_target(hq, t, noise_hq))
             + F.mse_loss(pred_lq.float(), schedule.training_target(lq, t, noise_lq)))
 
@@ -169,6 +198,16 @@ def _ema_of_trainable(net: FlipNet, decay: float) -> EMA:
     return ema
 
 
+def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
+    """Refuse configs that leave adapters without gradients (DDP would fail on them)."""
+    if not net.trainable_parameters():
+        raise ConfigError("FLIPNET: use_boosthub, use_lora and use_embedding are all off; "
+                          "there is nothing to train")
+    if cfg.flipnet.use_boosthub and cfg.flipnet.phi == 0:
+        raise ConfigError("FLIPNET: phi = 0 switches BoostHub off, so its weights get no "
+                          "gradient; train with phi > 0 or use_boosthub = false")
+
+
 def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     """Train (or resume) FLIPNET; returns the exported EMA folder ``<out_dir>/flipnet``."""
     from accelerate import Accelerator
@@ -180,13 +219,14 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    last = latest_checkpoint(ckpt_root)
-    if last is not None and not cfg.resume:
-        raise FlipnetError(f"{out}: holds checkpoints (latest {last.name}); pass --resume to "
-                           "continue, or choose another out_dir")
+    # a rerun with the same settings continues from the newest complete checkpoint
+    last = resume_point(out, cfg, harmless=RESUME_HARMLESS)
     accelerator = Accelerator()
     main, device = accelerator.is_main_process, accelerator.device
     if main:
+        clean_partial_outputs(out, exports=("flipnet",))
+        for sub in ("lq", "target"):  # a pair killed mid-write is simply made again
+            remove_partial_files(Path(cfg.pairs_dir) / sub)
         save_config(cfg, out / "train_config.json")
         make_degradation_pairs(cfg.real_lq_dir, cfg.pairs_dir, cfg.pseudo_restorer,
                                split=cfg.split, limit=cfg.max_images)
@@ -195,6 +235,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     set_seed(cfg.seed)
     embedder = cfg.embedder if cfg.flipnet.use_embedding else None
     net = build_flipnet(cfg.flipnet, embedder=embedder)
+    _check_trainable(cfg, net)
     size = net.prior_config.unet.image_size
     schedule = make_schedule(net.prior_config.schedule)
     _, pixels = load_faces(cfg.data_dir, size, split=cfg.split, limit=cfg.max_images or None,
@@ -202,85 +243,97 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     restore_data = SyntheticPairs(pixels, face_presets(cfg.presets, size))
     degrade_data = PairFolder(cfg.pairs_dir, size, progress=main)
     loaders = []
-    for data in (restore_data, degrade_data):
+    for data, where in ((restore_data, cfg.data_dir), (degrade_data, cfg.pairs_dir)):
         if len(data) < cfg.batch_size:
-            raise FlipnetError(f"{cfg.data_dir} / {cfg.pairs_dir}: {len(data)} pairs, fewer than "
-                               f"one batch ({cfg.batch_size})")
+            raise FlipnetError(f"{where}: {len(data)} pairs, fewer than one batch "
+                               f"({cfg.batch_size})")
         sampler = PairSampler(len(data), seed=cfg.seed)
+        # own generator: starting an epoch (or a resumed one) leaves the global RNG alone
         loaders.append((DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
-                                   drop_last=True), sampler))
+                                   drop_last=True, generator=torch.Generator()), sampler))
     checksum = frozen_checksum(net)
     opt = torch.optim.AdamW(net.trainable_parameters(), lr=cfg.lr)
+    # forward passes go through the prepared (DDP-wrapped) net; the unwrapped one is only read
+    # for the EMA, sampling and the export
     net, opt, loader_r, loader_d = accelerator.prepare(net, opt, loaders[0][0], loaders[1][0])
-    ema, progress = _ema_of_trainable(accelerator.unwrap_model(net), cfg.ema_decay), TrainProgress()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    ema = _ema_of_trainable(accelerator.unwrap_model(net), cfg.ema_decay)
+    progress = TrainProgress()
     accelerator.register_for_checkpointing(ema, progress)
+    # before the RNG states are restored: building a net draws from the global RNG
+    sample_net = build_flipnet(cfg.flipnet, embedder=embedder, device=device).eval()
     if last is not None:
         load_checkpoint(accelerator, last)
-    model = accelerator.unwrap_model(net)  # single process (CPU / one GPU): see docs/FLIPNET.md
+        if main:
+            trim_log(out / "log.jsonl", progress.step)
     batches_r = endless_batches(accelerator, loader_r, loaders[0][1], progress.step)
     batches_d = endless_batches(accelerator, loader_d, loaders[1][1], progress.step)
     fixed_lq, _ = fixed_pairs(restore_data, cfg.sample_count, seed=cfg.seed + 1)
     _, fixed_hq = fixed_pairs(degrade_data, cfg.sample_count, seed=cfg.seed + 1)
-    sample_net = None
     gen = torch.Generator(device=device)
     t_start, wall0 = time.time(), progress.wall_seconds
-    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="flipnet")
-    while progress.step < cfg.steps:
-        step = progress.step + 1
-        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        # both modes every step; noise is a function of (seed, step, rank)
-        gen.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + accelerator.process_index)
-        lq, hq = next(batches_r)
-        loss_r = mode_loss(model, schedule, hq, lq, "restore", gen)
-        lq_real, hq_pseudo = next(batches_d)
-        loss_d = mode_loss(model, schedule, hq_pseudo, lq_real, "degrade", gen)
-        loss = loss_r + cfg.degrade_weight * loss_d
-        check_finite(loss.detach(), step, latest_checkpoint(ckpt_root))
-        accelerator.backward(loss)
-        norm = accelerator.clip_grad_norm_(model.trainable_parameters(),
-                                           cfg.grad_clip or float("inf"))
-        check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(model)
-        progress.step, progress.last_loss = step, float(loss.detach())
-        progress.wall_seconds = wall0 + time.time() - t_start
-        bar.update(1)
-        r_value, d_value = float(loss_r.detach()), float(loss_d.detach())
-        bar.set_postfix(restore=f"{r_value:.4f}", degrade=f"{d_value:.4f}")
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-        if main and every(cfg.log_every, step):
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "loss": progress.last_loss,
-                                    "restore": r_value, "degrade": d_value, "lr": lr,
-                                    "wall_s": round(progress.wall_seconds, 1)}) + "\n")
-        if main and (every(cfg.sample_every, step) or (step == cfg.steps and cfg.sample_every)):
-            sample_net = sample_net or build_flipnet(cfg.flipnet, embedder=embedder,
-                                                     device=device).eval()
-            ema.copy_to(sample_net)
-            restored = flipnet_restore(sample_net, fixed_lq.to(device), steps=cfg.sample_steps)
-            degraded = flipnet_degrade(sample_net, fixed_hq.to(device), steps=cfg.sample_steps)
-            save_grid(out / "samples" / f"step-{step:07d}.png",
-                      torch.cat([fixed_lq.to(device), restored, fixed_hq.to(device), degraded]),
-                      ncol=len(fixed_lq))
-        if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
-            save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-        if out_of_time:
-            break
-    bar.close()
+    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="flipnet",
+               dynamic_ncols=True)
+    try:  # the bar ends its line even when a step fails, so an error prints on its own
+        while progress.step < cfg.steps:
+            step = progress.step + 1
+            lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            # both modes every step; noise is a function of (seed, step, rank)
+            gen.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + accelerator.process_index)
+            lq, hq = next(batches_r)
+            loss_r = mode_loss(net, schedule, hq, lq, "restore", gen)
+            lq_real, hq_pseudo = next(batches_d)
+            loss_d = mode_loss(net, schedule, hq_pseudo, lq_real, "degrade", gen)
+            loss = loss_r + cfg.degrade_weight * loss_d
+            check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
+                         latest_checkpoint(ckpt_root))
+            accelerator.backward(loss)
+            # also catches Inf/NaN gradients of a finite loss
+            norm = accelerator.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
+            check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(accelerator.unwrap_model(net))
+            progress.step, progress.last_loss = step, float(loss.detach())
+            progress.wall_seconds = wall0 + time.time() - t_start
+            bar.update(1)
+            r_value, d_value = float(loss_r.detach()), float(loss_d.detach())
+            bar.set_postfix(restore=f"{r_value:.4f}", degrade=f"{d_value:.4f}")
+            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
+            if main and every(cfg.log_every, step):
+                append_log(out / "log.jsonl", {"step": step, "loss": progress.last_loss,
+                                               "restore": r_value, "degrade": d_value, "lr": lr,
+                                               "wall_s": round(progress.wall_seconds, 1)})
+            if main and (every(cfg.sample_every, step) or (step == cfg.steps and cfg.sample_every)):
+                ema.copy_to(sample_net)
+                restored = flipnet_restore(sample_net, fixed_lq.to(device), steps=cfg.sample_steps)
+                degraded = flipnet_degrade(sample_net, fixed_hq.to(device), steps=cfg.sample_steps)
+                save_grid(out / "samples" / f"step-{step:07d}.png",
+                          torch.cat([fixed_lq.to(device), restored, fixed_hq.to(device), degraded]),
+                          ncol=len(fixed_lq))
+            if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
+                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
     # export the EMA adapters with a model card; the prior must be untouched
     folder = out / "flipnet"
     if main:
-        if frozen_checksum(model) != checksum:
+        if frozen_checksum(accelerator.unwrap_model(net)) != checksum:
             raise FlipnetError("FLIPNET training changed the frozen prior (bug); nothing exported")
-        sample_net = sample_net or build_flipnet(cfg.flipnet, embedder=embedder)
         ema.copy_to(sample_net)
-        save_flipnet(folder, sample_net)
-        write_bytes_atomic(folder / "MODEL_CARD.md", _model_card(cfg, progress, len(restore_data),
-                                                                 len(degrade_data), accelerator))
+        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half an export
+            save_flipnet(tmp, sample_net)
+            write_bytes_atomic(tmp / "MODEL_CARD.md", _model_card(
+                cfg, progress, len(restore_data), len(degrade_data), accelerator))
+            write_bytes_atomic(tmp / "train_config.json",
+                               json.dumps(config_to_dict(cfg), indent=2).encode())
+            fault_point("export")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return folder
 
 

@@ -131,7 +131,8 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
                            f"({cfg.batch_size})")
     sampler = ShuffleFlipSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers,
+                        generator=torch.Generator())  # keeps the global RNG out of epochs
     model = UNet(cfg.prior.unet)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt, loader = accelerator.prepare(model, opt, loader)

@@ -288,7 +288,8 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                            f"fewer than one batch ({cfg.batch_size})")
     sampler = PairSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers,
+                        generator=torch.Generator())  # keeps the global RNG out of epochs
     model = _initial_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.9),
                             weight_decay=cfg.weight_decay)
