@@ -33,6 +33,9 @@ class GuidedResampleConfig:
     factor: int = field(default=0, metadata={
         "help": "Low-pass down/up factor; 0 = the paper's 16 at 512 px scaled to the prior size."})
     seed: int = field(default=0, metadata={"help": "Seed; image i uses seed + i."})
+    keep_reference_detail: bool = field(default=False, metadata={
+        "help": "When the prior is smaller than the image, replace only the frequencies the "
+                "prior can represent and keep the reference's finer detail."})
 
     def __post_init__(self):
         if not 0 < self.t0 < self.respaced_steps:
@@ -44,7 +47,8 @@ class GuidedResampleConfig:
 def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
                     first_index: int = 0, indices: list[int] | None = None) -> torch.Tensor:
     """Diffuse y (N, 3, H, W) in [-1, 1] to t0 and sample back with low-pass guidance toward y.
-    Works at the prior's resolution; y is resized to it and the result resized back. Image k
+    Works at the prior's resolution; y is resized to it and the result resized back (or, with
+    ``keep_reference_detail``, only the prior's change is upsampled and added to y). Image k
     draws its noise from seed + indices[k] (default first_index + k), whatever the batch."""
     schedule = make_schedule(prior.schedule)
     size = prior.image_size
@@ -59,7 +63,10 @@ def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
     edit = make_lowpass_edit(ys, schedule, ts, factor=factor, tau=cfg.tau, generator=gens)
     x0 = sample_ddpm(prior.model_fn, xt, schedule, ts, generator=gens, edit=edit)
     if (h, w) != (size, size):
-        x0 = F.interpolate(x0, size=(h, w), mode="bicubic", align_corners=False)
+        up = F.interpolate(x0, size=(h, w), mode="bicubic", align_corners=False)
+        if cfg.keep_reference_detail:  # y + up(x0 - down(y)): the prior edits its own band only
+            up = y + F.interpolate(x0 - ys, size=(h, w), mode="bicubic", align_corners=False)
+        x0 = up
     return x0.clamp(-1, 1)
 
 

@@ -49,6 +49,10 @@ class PseudoTargetConfig:
     limit: int = field(default=0, metadata={"help": "Use at most this many faces (0 = all)."})
     batch_size: int = field(default=16, metadata={"help": "Faces per batch."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps."})
+    keep_restorer_detail: bool = field(default=True, metadata={
+        "help": "With a prior smaller than the restorer's faces (64 vs 128 px), the prior "
+                "replaces only the band it can represent; the restorer's finer detail stays "
+                "(ours: otherwise targets are upsampled 64 px images and fine-tuning blurs)."})
 
 
 def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfig, *,
@@ -75,7 +79,8 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
         raise ConfigError(f"{cfg.prior}: respaced_steps {cfg.respaced_steps} is more than the "
                           f"prior's {trained_steps} trained timesteps")
     guide = GuidedResampleConfig(respaced_steps=cfg.respaced_steps, t0=cfg.t0, tau=cfg.tau,
-                                 factor=cfg.factor, seed=cfg.seed)
+                                 factor=cfg.factor, seed=cfg.seed,
+                                 keep_reference_detail=cfg.keep_restorer_detail)
     for folder in (dst, dst / "lq", dst / "target"):  # what a kill -9 mid-write leaves
         remove_partial_files(folder)
     names = [p.relative_to(src).with_suffix("").as_posix().replace("/", "__") for p in files]
