@@ -22,11 +22,17 @@ class FinetuneConfig:
     out: str = field(default="out/finetune", metadata={"help": "Pseudo targets, checkpoints, export."})
     prior: str = field(default="prior-64", metadata={"help": "Prior for the pseudo targets."})
     limit: int = field(default=0, metadata={"help": "Use at most this many faces (0 = all)."})
-    t0: int = field(default=150, metadata={"help": "Respaced step (of 250) to diffuse to."})
+    respaced_steps: int = field(default=250, metadata={"help": "Respaced reverse steps."})
+    t0: int = field(default=150, metadata={"help": "Respaced step (of --respaced-steps) to "
+                                                   "diffuse to."})
     tau: int = field(default=90, metadata={"help": "Guidance stops when this many steps remain."})
     steps: int = field(default=2000, metadata={"help": "Fine-tuning optimizer steps."})
     lr: float = field(default=1e-4, metadata={"help": "Learning rate (small: fine-tuning)."})
     batch_size: int = field(default=16, metadata={"help": "Pairs per step."})
+    factor: int = field(default=0, metadata={
+        "help": "Low-pass factor N; 0 = the paper's 16 at 512 px scaled to the prior's size."})
+    perceptual: str = field(default="auto", metadata={
+        "help": "Perceptual term: auto (prior features when the prior exists) | prior | none."})
     gan_weight: float = field(default=0.01, metadata={"help": "Adversarial weight."})
     max_minutes: float = field(default=0.0, metadata={"help": "Stop after this wall time (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed of pseudo targets and training."})
@@ -44,7 +50,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     out = Path(cfg.out)
     pseudo = out / "pseudo"
     make_pseudo_targets(cfg.unlabeled, pseudo, PseudoTargetConfig(
-        restorer=cfg.restorer, prior=cfg.prior, t0=cfg.t0, tau=cfg.tau, seed=cfg.seed,
+        restorer=cfg.restorer, prior=cfg.prior, respaced_steps=cfg.respaced_steps, t0=cfg.t0,
+        tau=cfg.tau, factor=cfg.factor, seed=cfg.seed,
         split=cfg.split, limit=cfg.limit, device=cfg.device))
     init = resolve_weights(cfg.restorer)
     from flipnet.models.restorer import load_restorer
@@ -55,6 +62,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         base, pairs_dir=str(pseudo), out_dir=str(out / "train"), restorer=rcfg,
         init_from=str(init), lr=cfg.lr, warmup_steps=0, steps=cfg.steps,
         batch_size=cfg.batch_size, gan_weight=cfg.gan_weight, gan_start=0,
+        perceptual=cfg.perceptual, prior_path=str(resolve_weights(cfg.prior)),
         max_minutes=cfg.max_minutes, seed=cfg.seed, resume=cfg.resume)
     return train_restorer(train_cfg, command=f"flipnet finetune --restorer {cfg.restorer} "
                                              f"--unlabeled {cfg.unlabeled}")
