@@ -216,6 +216,20 @@ def test_method_and_degrade_give_finite_right_shaped_images(flipnet_folder):
     assert restored.shape == hq.shape and net.unet.middle_block[1].attn1.processor.phi == 1.0
 
 
+def test_api_degrader_flipnet_mode_keeps_type_and_size(flipnet_folder):
+    from PIL import Image
+
+    from flipnet.api import Degrader
+
+    folder, _ = flipnet_folder
+    hq = np.random.default_rng(2).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    lq, params = Degrader("flipnet", weights=str(folder), steps=3, seed=4, device="cpu").degrade(hq)
+    assert lq.shape == hq.shape and lq.dtype == np.uint8 and params["seed"] == 4
+    again, _ = Degrader("flipnet", weights=str(folder), steps=3, seed=4,
+                        device="cpu").degrade(Image.fromarray(hq))
+    assert isinstance(again, Image.Image) and np.array_equal(np.asarray(again), lq)
+
+
 def test_degrade_folder_with_flipnet_is_resumable(flipnet_folder, tmp_path):
     from flipnet.io import save_image
     from flipnet.pipelines.degrade import DegradeConfig, flipnet_degrade_folder

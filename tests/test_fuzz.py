@@ -12,7 +12,9 @@ import os
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -137,10 +139,6 @@ def test_tampered_data_bytes_are_caught_by_the_index_hash(tmp_path):
         load_state_dict(folder)
 
 
-@pytest.mark.xfail(reason="found by this test: config.config_from_dict does not check field "
-                   "types, so config.json {'image_size': ''} or {'enc_blocks': 0} reaches "
-                   "RestorerConfig.validate and raises TypeError (fix belongs in config.py)",
-                   strict=False)
 @FAST
 @given(st.dictionaries(st.sampled_from(["image_size", "width", "enc_blocks", "middle_blocks",
                                         "dec_blocks", "unshuffle", "bogus"]),
@@ -251,3 +249,118 @@ def test_cli_options_end_in_exit_0_or_one_error_line(cmd, options, small_inputs,
     if code:
         lines = [s for s in err.splitlines() if s.strip() and not s.startswith("warning:")]
         assert lines and ("error:" in lines[-1].lower()), err
+
+
+# --- config values of the wrong type, devices, NUL bytes (fixed after the long fuzz run) ----------
+
+@dataclass(frozen=True)
+class _Inner:
+    sigma: tuple[float, float] = (0.1, 10.0)
+
+
+@dataclass(frozen=True)
+class _Typed:
+    size: int = 8
+    scale: float = 1.0
+    name: str = "x"
+    flag: bool = False
+    levels: tuple[int, ...] = (1, 2)
+    blocks: int | tuple[int, ...] = 2
+    mode: Literal["a", "b"] = "a"
+    inner: _Inner = _Inner()
+    maybe: _Inner | None = None
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("size", True, "must be int, got true"),  # bool is not an int
+    ("size", 1.5, "must be int, got 1.5"),
+    ("size", "8", 'must be int, got "8"'),
+    ("size", None, "must be int, got null"),
+    ("scale", "1", "must be float"),
+    ("scale", False, "must be float"),
+    ("name", 3, "must be str"),
+    ("flag", 1, "must be bool, got 1"),
+    ("levels", 0, "must be a list of int, got 0"),
+    ("levels", [1, "x"], "must be a list of int"),
+    ("blocks", [1.5], "must be int or a list of int"),
+    ("mode", "c", 'must be one of "a", "b"'),
+    ("inner", [1, 2], "must be a _Inner object"),
+    ("inner", {"sigma": [1.0]}, r"_Inner.sigma must be a list of 2 \(float, float\)"),
+    ("maybe", 3, "must be a _Inner object or null"),
+])
+def test_config_values_are_checked_against_their_type_hints(key, value, expected):
+    from flipnet.config import config_from_dict
+    from flipnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=expected) as e:
+        config_from_dict(_Typed, {key: value}, "where.json")
+    assert str(e.value).startswith("where.json: ")  # names the file ...
+    assert f".{key} must be" in str(e.value) or key == "inner"  # ... and the key (inner: sigma)
+
+
+def test_config_values_of_the_right_type_are_converted():
+    from flipnet.config import config_from_dict
+
+    cfg = config_from_dict(_Typed, {"scale": 2, "levels": [3], "blocks": [1, 2], "mode": "b",
+                                    "inner": {"sigma": [1, 2.5]}, "maybe": None, "flag": True})
+    assert cfg.scale == 2.0 and isinstance(cfg.scale, float)  # an int is fine for a float
+    assert cfg.levels == (3,) and cfg.blocks == (1, 2) and cfg.mode == "b" and cfg.flag is True
+    assert cfg.inner == _Inner((1.0, 2.5)) and cfg.maybe is None
+
+
+def test_load_config_refuses_unusable_paths(tmp_path):
+    from flipnet.config import load_config
+    from flipnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(_Typed, str(tmp_path / "a\x00.json"))
+    with pytest.raises(ConfigError, match=f"{tmp_path}: is a folder"):
+        load_config(_Typed, tmp_path)
+
+
+def test_resolve_device_refuses_devices_this_machine_lacks(monkeypatch):
+    from flipnet.device import resolve_device
+    from flipnet.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="cuda requested but no CUDA device is available; use "
+                       "--device cpu or auto"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="mps requested but no MPS device"):
+        resolve_device("mps")
+    for bad in ("-1", "0", "cuda:x", "gpu", ""):
+        with pytest.raises(ConfigError, match="is not a device"):
+            resolve_device(bad)
+    with pytest.raises(ConfigError, match="not meta"):
+        resolve_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ConfigError, match="only 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+@pytest.mark.parametrize("args, option", [
+    (["sample", "-o", "s\x00.png", "--n", "1"], "-o"),
+    (["degrade", "in", "out", "--config=\x00"], "--config"),
+    (["restore", "in\x00", "-o", "o"], "argument 2"),
+    (["sample", "--device", "-1", "--n", "1"], "--device"),
+    (["restore", "in", "-o", "o", "--device", "cuda" if not torch.cuda.is_available() else "mps",
+      "--method", "bicubic"], "requested but no"),
+])
+def test_cli_bad_paths_and_devices_end_in_one_error_line(args, option, tmp_path, capsys,
+                                                         monkeypatch):
+    from flipnet.io import save_image
+
+    monkeypatch.chdir(tmp_path)
+    save_image(tmp_path / "in" / "face.png", np.zeros((16, 16, 3), np.uint8))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    code, err = _cli(args, capsys, monkeypatch)
+    lines = [s for s in err.splitlines() if s.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error:") and option in lines[0], err

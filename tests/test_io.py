@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import zlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,15 @@ import torch
 from PIL import Image
 
 from flipnet.errors import ImageReadError, OutputPathError
-from flipnet.io import (BatchLog, check_distinct, list_images, load_image, save_image, to_tensor,
-                        to_uint8)
+from flipnet.io import (
+    BatchLog,
+    check_distinct,
+    list_images,
+    load_image,
+    save_image,
+    to_tensor,
+    to_uint8,
+)
 
 
 @pytest.fixture
@@ -209,3 +216,65 @@ def test_outputs_get_normal_permissions(tmp_path, rgb):
     finally:
         os.umask(old)
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+def _solid_png(path: Path, w: int, h: int, rgb: tuple[int, int, int]) -> Path:
+    """A w x h solid-colour PNG written without holding the pixels (row filter 'Up' = zeros)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    z = zlib.compressobj(1)
+    idat = [z.compress(b"\0" + bytes(rgb) * w)]
+    up_row = b"\2" + b"\0" * (3 * w)  # each row equals the one above
+    idat += [z.compress(up_row) for _ in range(h - 1)]
+    idat.append(z.flush())
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(idat))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_photo_over_pils_limit_but_under_max_pixels_loads(tmp_path):
+    w = h = 9500  # 90.25 MP: over PIL's own 89.5 MP bomb limit, under flipnet's 200 MP
+    assert w * h > Image.MAX_IMAGE_PIXELS
+    limit_before = Image.MAX_IMAGE_PIXELS
+    p = _solid_png(tmp_path / "huge.png", w, h, (200, 30, 90))
+    assert p.stat().st_size < 2_000_000
+    img = load_image(p)
+    assert img.rgb.shape == (h, w, 3) and img.rgb.dtype == np.uint8
+    assert tuple(img.rgb[0, 0]) == (200, 30, 90) and tuple(img.rgb[-1, -1]) == (200, 30, 90)
+    assert tuple(img.rgb[h // 2, w // 3]) == (200, 30, 90)
+    assert Image.MAX_IMAGE_PIXELS == limit_before  # PIL's global limit is not left changed
+    del img
+    with pytest.raises(ImageReadError, match=f"{p.name}.*over the limit of 90,000,000"):
+        load_image(p, max_pixels=90_000_000)  # a smaller max_pixels still applies
+
+
+def test_header_over_max_pixels_refused_naming_the_file(tmp_path):
+    limit_before = Image.MAX_IMAGE_PIXELS
+    p = tmp_path / "too-big.png"
+    p.write_bytes(_png_header_only(14200, 14200))  # 201.6 MP > MAX_PIXELS, not decoded
+    with pytest.raises(ImageReadError, match="201,640,000 pixels, over the limit of 200,000,000"
+                       ) as info:
+        load_image(p)
+    assert info.value.path == str(p)
+    assert Image.MAX_IMAGE_PIXELS == limit_before
+
+
+def test_strip_wise_rgb_matches_whole_array(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (2000, 3000, 3), dtype=np.uint8)  # read in two 16 MB row strips
+    p = tmp_path / "wide.png"
+    Image.fromarray(rgb).save(p, compress_level=0)
+    np.testing.assert_array_equal(load_image(p).rgb, rgb)
+
+
+def test_nul_byte_paths_give_flipnet_errors(tmp_path, rgb):
+    with pytest.raises(ImageReadError, match="NUL byte"):
+        load_image(str(tmp_path / "a\x00.png"))
+    with pytest.raises(ImageReadError, match="NUL byte"):
+        list_images(str(tmp_path) + "\x00")
+    with pytest.raises(OutputPathError, match="NUL byte"):
+        save_image(str(tmp_path / "b\x00.png"), rgb)
+    with pytest.raises(OutputPathError, match="NUL byte"):
+        check_distinct(str(tmp_path / "c\x00.png"), tmp_path / "c.png")

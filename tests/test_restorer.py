@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -166,3 +167,41 @@ def test_perceptual_auto_picks_the_prior_only_when_its_folder_exists(tmp_path):
     assert resolve_perceptual("lpips") == "lpips"
     with pytest.raises(ConfigError, match="unknown perceptual loss"):
         resolve_perceptual("vgg")
+
+
+@pytest.mark.parametrize("cfg", [
+    TINY,
+    RestorerConfig(),
+    RestorerConfig(width=6, dw_expand=3, ffn_expand=1, unshuffle=1, enc_blocks=(2, 0, 1),
+                   middle_blocks=0, dec_blocks=(0, 1, 3)),
+])
+def test_parameter_estimate_is_the_exact_count(cfg):
+    assert cfg.parameter_estimate() == count_parameters(Restorer(cfg))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"width": 10**6}, r"width = 1000000 is out of range \(1 to 1024\)"),
+    ({"middle_blocks": 10**6}, r"middle_blocks = 1000000 is out of range"),
+    ({"enc_blocks": (1,) * 12, "dec_blocks": (1,) * 12}, r"levels .* out of range \(0 to 8\)"),
+    ({"enc_blocks": (1, 300), "dec_blocks": (1, 1)}, "enc_blocks entry = 300"),
+    ({"image_size": 0}, "image_size = 0"),
+    ({"width": 3, "dw_expand": 1}, "must be even"),
+    ({"width": 1024, "enc_blocks": (1,) * 5, "dec_blocks": (1,) * 5}, "deepest level"),
+    ({"width": 512, "enc_blocks": (1, 1, 1, 1), "dec_blocks": (1, 1, 1, 1), "middle_blocks": 200},
+     "parameters, over the limit"),
+])
+def test_out_of_range_settings_are_refused_before_allocating(changes, message):
+    cfg = dataclasses.replace(TINY, **changes)
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+    with pytest.raises(ConfigError, match=message):
+        Restorer(cfg)
+
+
+def test_huge_config_json_is_a_weights_error_naming_folder_and_field(tmp_path):
+    save_restorer(tmp_path / "r", Restorer(TINY), TINY)
+    data = json.loads((tmp_path / "r" / "config.json").read_text())
+    data["middle_blocks"] = 10**6  # used to build a million blocks (a hang)
+    (tmp_path / "r" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match=f"{tmp_path / 'r'}.*middle_blocks"):
+        load_restorer(tmp_path / "r")

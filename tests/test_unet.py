@@ -148,3 +148,43 @@ def test_config_errors_name_the_problem(tmp_path):
         load_prior(tmp_path / "empty")
     with pytest.raises(WeightsError, match="not found"):
         load_prior(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("cfg", [TINY, UNetConfig(),
+                                 dataclasses.replace(TINY, cross_attention_dim=24)])
+def test_parameter_estimate_is_close_to_the_real_count(cfg):
+    real = sum(p.numel() for p in UNet(cfg).parameters())
+    assert abs(cfg.parameter_estimate() - real) < 0.1 * real
+
+
+def test_largest_public_checkpoint_architectures_are_inside_the_limits():
+    from flipnet.models.public_checkpoints import PRESETS, configs_from_flags
+
+    gd = {"num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
+          "num_head_channels": 64, "learn_sigma": True, "resblock_updown": True}
+    for flags in [*PRESETS.values(), {**gd, "image_size": 256}, {**gd, "image_size": 512}]:
+        unet, _, _ = configs_from_flags(flags)
+        unet.validate()
+        with torch.device("meta"):  # counts parameters without allocating them
+            real = sum(p.numel() for p in UNet(unet).parameters())
+        assert 1e8 < real < 0.5 * 3_000_000_000
+        assert abs(unet.parameter_estimate() - real) < 0.15 * real
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_channels": 10**6}, r"model_channels = 1000000 is out of range \(1 to 2048\)"),
+    ({"num_res_blocks": 10**6}, "num_res_blocks = 1000000"),
+    ({"channel_mult": (1,) * 20, "image_size": 2**19}, "image_size"),
+    ({"channel_mult": (1,) * 20}, r"levels .* out of range \(1 to 10\)"),
+    ({"channel_mult": (1, 1024)}, r"channels of a level .* = 16384"),
+    ({"norm_groups": 0}, "norm_groups = 0"),
+    ({"num_heads": 0}, "num_heads = 0"),
+    ({"dropout": 1.5}, "dropout"),
+    ({"in_channels": 0}, "in_channels = 0"),
+    ({"model_channels": 2048, "channel_mult": (1, 2, 4, 4), "num_res_blocks": 32,
+      "image_size": 64}, "parameters, over the limit"),
+])
+def test_out_of_range_settings_are_refused_before_allocating(changes, message):
+    cfg = dataclasses.replace(TINY, **changes)
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()

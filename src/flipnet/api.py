@@ -105,24 +105,41 @@ class Restorer:
 
 
 class Degrader:
-    """Synthetic degradation with a named preset (gfpgan, codeformer, difface, raw)."""
+    """HQ face -> LQ face: a naive-pipeline preset (gfpgan, codeformer, difface, raw) or
+    ``"flipnet"``, FLIPNET's learned degradation mode (``weights=`` its folder or shipped name)."""
 
-    def __init__(self, preset: str = "gfpgan", *, seed: int = 0, face_size: int | None = None):
+    def __init__(self, preset: str = "gfpgan", *, seed: int = 0, face_size: int | None = None,
+                 weights: str | None = None, steps: int = 50, device: str = "auto"):
+        self.seed, self.steps, self._count = seed, steps, 0
+        self.net = self.cfg = None
+        if preset == "flipnet":
+            from flipnet.models.flipnet import load_flipnet
+            from flipnet.pipelines.methods import DEFAULT_WEIGHTS, pick_device, resolve_weights
+
+            folder = resolve_weights(weights or DEFAULT_WEIGHTS["flipnet"])
+            self.net = load_flipnet(folder, prior=None, device=pick_device(device))
+            return
         from flipnet.degradations.presets import get_preset, rescale_blur
 
         cfg = get_preset(preset)
         self.cfg = rescale_blur(cfg, face_size) if face_size and face_size < 512 else cfg
-        self.seed = seed
-        self._count = 0
 
     def degrade(self, image):
-        """Degrade one image; returns (LQ of the same type, the sampled parameters)."""
+        """Degrade one image; returns (LQ of the same type, the sampled parameters / settings)."""
         import torch
 
-        from flipnet.degradations.pipeline import degrade_images
-
         rgb, as_pil, alpha = _to_array(image)
-        with torch.no_grad():
-            lq, params = degrade_images(to_tensor(rgb), self.cfg, seed=self.seed + self._count)
+        seed = self.seed + self._count
         self._count += 1
-        return _from_array(to_uint8(lq)[0], as_pil, alpha), params[0]
+        with torch.no_grad():
+            if self.net is not None:
+                from flipnet.pipelines.flipnet_method import flipnet_degrade
+
+                lq = flipnet_degrade(self.net, to_tensor(rgb), steps=self.steps, seed=seed)
+                params = {"method": "flipnet", "steps": self.steps, "seed": seed}
+            else:
+                from flipnet.degradations.pipeline import degrade_images
+
+                lq, batch_params = degrade_images(to_tensor(rgb), self.cfg, seed=seed)
+                params = batch_params[0]
+        return _from_array(to_uint8(lq)[0], as_pil, alpha), params

@@ -317,6 +317,15 @@ def main() -> None:
     import warnings
 
     warnings.formatwarning = _one_line_warning
+    # a NUL byte makes every os call raise ValueError; no path or value can hold one (a shell
+    # cannot pass one either), so refuse it here, naming the option, before any command runs
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if "\x00" in arg:
+            name = arg.split("=", 1)[0] if arg.startswith("--") and "=" in arg else (
+                args[i - 1] if i and args[i - 1].startswith("-") else f"argument {i + 1}")
+            click.echo(f"error: {name}: value {arg!r} contains a NUL byte", err=True)
+            sys.exit(2)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -76,7 +76,11 @@ def resolve_config(cls, kwargs: dict, **fixed):
         if value is None:
             continue
         if typing.get_origin(hints[f.name]) is tuple or _click_type(hints[f.name])[1]:
-            value = [float(v) if "." in v else int(v) for v in str(value).split(",") if v]
+            try:
+                value = [float(v) if "." in v else int(v) for v in str(value).split(",") if v]
+            except ValueError:
+                raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers",
+                                         param_hint="--" + f.name.replace("_", "-")) from None
         data[f.name] = value
     data.update({k: v for k, v in fixed.items() if k in data})
     return config_from_dict(cls, data, "command-line options")

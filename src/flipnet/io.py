@@ -12,8 +12,10 @@ Writing is atomic (temporary file + rename) and refuses to overwrite an input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +54,37 @@ def _to_8bit(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+_PIL_LIMIT_LOCK = threading.Lock()  # guards the brief change of PIL's global pixel limit
+_EXIF_ORIENTATION = 0x0112
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int):
+    """Let PIL open up to ``max_pixels`` (its own bomb check fires at 89.5 MP); restored on exit."""
+    with _PIL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        if previous is not None and max_pixels > previous:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _check_path_text(path: str | os.PathLike, error) -> None:
+    """Raise ``error(...)`` for a path the OS cannot take (a NUL byte makes os calls ValueError)."""
+    if "\x00" in os.fsdecode(path):
+        shown = repr(os.fsdecode(path))
+        raise error(shown, "path contains a NUL byte") if error is ImageReadError else \
+            error(f"{shown}: path contains a NUL byte")
+
+
 def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read an image file into the uint8 RGB (+ alpha) contract, or raise ``ImageReadError``."""
+    """Read an image file into the uint8 RGB (+ alpha) contract, or raise ``ImageReadError``.
+
+    Images up to ``max_pixels`` load (PIL's smaller default limit is lifted for this call only);
+    larger headers are refused before any pixel is decoded."""
+    _check_path_text(path, ImageReadError)
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
@@ -64,7 +95,10 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Load
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with _pil_pixel_limit(max_pixels), warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+                im = Image.open(path)
+            with im:
                 w, h = im.size
                 if w <= 0 or h <= 0:
                     raise ImageReadError(path, f"invalid image size {w}x{h}")
@@ -74,12 +108,15 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Load
                         f"{max_pixels:,} (possible decompression bomb)")
                 im.load()
                 fmt = im.format
-                im = ImageOps.exif_transpose(im)
+                # exif_transpose copies the whole image even when there is nothing to turn
+                if im.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9):
+                    ImageOps.exif_transpose(im, in_place=True)
                 return _decode(im, path, fmt)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(path, f"decompression bomb refused ({e})") from None
+        raise ImageReadError(path, f"over the limit of {max_pixels:,} pixels, decompression "
+                             f"bomb refused ({e})") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -91,6 +128,17 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Load
         raise ImageReadError(path, msg) from None
     except MemoryError:
         raise ImageReadError(path, "not enough memory to decode this image") from None
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """An RGB PIL image as uint8 (H, W, 3), filled in row strips: ``np.asarray(im)`` would hold
+    two extra full-size byte copies (tobytes' chunks and their join) at its peak."""
+    w, h = im.size
+    out = np.empty((h, w, 3), np.uint8)
+    rows = max(1, 2**24 // max(1, 3 * w))  # about 16 MB per strip
+    for top in range(0, h, rows):
+        out[top:top + rows] = np.asarray(im.crop((0, top, w, min(h, top + rows))))
+    return out
 
 
 def _decode(im: Image.Image, path: Path, fmt: str | None) -> LoadedImage:
@@ -120,8 +168,10 @@ def _decode(im: Image.Image, path: Path, fmt: str | None) -> LoadedImage:
     elif mode in ("RGBA", "RGBa", "PA"):
         a = np.asarray(im.convert("RGBA"))
         rgb, alpha = a[:, :, :3].copy(), a[:, :, 3].copy()
-    else:  # RGB, CMYK, YCbCr, LAB, HSV, RGBX...
-        rgb = np.asarray(im.convert("RGB"))
+    elif mode == "RGB":  # no convert("RGB"): that would be a full copy
+        rgb = _rgb_array(im)
+    else:  # CMYK, YCbCr, LAB, HSV, RGBX...
+        rgb = _rgb_array(im.convert("RGB"))
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageReadError(path, f"unexpected decoded shape {rgb.shape}")
@@ -133,6 +183,7 @@ def _decode(im: Image.Image, path: Path, fmt: str | None) -> LoadedImage:
 
 def check_distinct(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
     """Raise ``OutputPathError`` if ``output`` is the same file as any of ``inputs``."""
+    _check_path_text(output, OutputPathError)
     out = Path(output).resolve()
     for src in inputs:
         if src is not None and Path(src).resolve() == out:
@@ -142,6 +193,7 @@ def check_distinct(output: str | os.PathLike, *inputs: str | os.PathLike) -> Non
 def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, *,
                source: str | os.PathLike | None = None, quality: int = 95) -> Path:
     """Write uint8 RGB (and alpha where the format holds one) atomically; never over ``source``."""
+    _check_path_text(path, OutputPathError)
     path = Path(path)
     if source is not None:
         check_distinct(path, source)
@@ -181,6 +233,7 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes (JSON, reports) atomically: readers see the old file or the new, never half."""
+    _check_path_text(path, OutputPathError)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +282,7 @@ def _silent_unlink(p: str) -> None:
 
 def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` by extension, sorted (so runs and shards are reproducible)."""
+    _check_path_text(folder, ImageReadError)
     folder = Path(folder)
     if folder.is_file():
         return [folder]

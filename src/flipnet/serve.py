@@ -363,7 +363,10 @@ def run_server(cfg: ServeConfig | None = None) -> None:
     """Serve the page with uvicorn until interrupted (the ``flipnet serve`` command)."""
     import uvicorn
 
+    from flipnet.device import resolve_device
+
     cfg = cfg or ServeConfig()
+    resolve_device(cfg.device)  # a bad --device fails now, not at the first upload
     app = create_app(cfg)
     print(f"flipnet serve: http://{cfg.host}:{cfg.port}/  (workers {cfg.workers}, queue "
           f"{cfg.queue}, max upload {cfg.max_upload_mb:g} MB; Ctrl+C to stop)", flush=True)

@@ -47,15 +47,62 @@ class RestorerConfig:
         return self.unshuffle * 2 ** len(self.enc_blocks)
 
     def validate(self) -> None:
-        """Raise ``ConfigError`` naming the first inconsistent setting."""
+        """Raise ``ConfigError`` naming the first inconsistent or out-of-range setting."""
         if len(self.enc_blocks) != len(self.dec_blocks):
             raise ConfigError(f"RestorerConfig: enc_blocks {self.enc_blocks} and dec_blocks "
                               f"{self.dec_blocks} need the same number of levels")
-        if min(self.image_size, self.width, self.unshuffle, self.dw_expand, self.ffn_expand) < 1:
-            raise ConfigError("RestorerConfig: image_size, width, unshuffle, dw_expand and "
-                              "ffn_expand must be positive")
-        if min((*self.enc_blocks, *self.dec_blocks, self.middle_blocks), default=0) < 0:
-            raise ConfigError("RestorerConfig: block counts must be >= 0")
+        for name in ("image_size", "width", "unshuffle", "dw_expand", "ffn_expand"):
+            _check_range(name, getattr(self, name), 1, RESTORER_LIMITS[name])
+        _check_range("levels (len(enc_blocks))", len(self.enc_blocks), 0,
+                     RESTORER_LIMITS["levels"])
+        _check_range("middle_blocks", self.middle_blocks, 0, RESTORER_LIMITS["blocks"])
+        for name in ("enc_blocks", "dec_blocks"):
+            for n in getattr(self, name):
+                _check_range(f"{name} entry", n, 0, RESTORER_LIMITS["blocks"])
+        if (self.width * self.dw_expand) % 2 or (self.width * self.ffn_expand) % 2:
+            raise ConfigError(f"RestorerConfig: width * dw_expand and width * ffn_expand must be "
+                              f"even (SimpleGate halves them), got width={self.width}, "
+                              f"dw_expand={self.dw_expand}, ffn_expand={self.ffn_expand}")
+        deepest = self.width * 2 ** len(self.enc_blocks)
+        if deepest > RESTORER_LIMITS["channels"]:
+            raise ConfigError(f"RestorerConfig: width * 2^levels = {deepest} channels at the "
+                              f"deepest level, over the limit of {RESTORER_LIMITS['channels']}")
+        if self.parameter_estimate() > RESTORER_LIMITS["parameters"]:
+            raise ConfigError(f"RestorerConfig: about {self.parameter_estimate():,} parameters, "
+                              f"over the limit of {RESTORER_LIMITS['parameters']:,}")
+
+    def parameter_estimate(self) -> int:
+        """Parameter count from the settings alone (exact for this architecture; no allocation)."""
+        e1, e2, folded = self.dw_expand, self.ffn_expand, 3 * self.unshuffle**2
+
+        def block(c: int) -> int:
+            dw = c * e1
+            return (4 * c + (c * dw + dw) + (dw * 9 + dw) + (dw // 2) ** 2 + dw // 2
+                    + (dw // 2 * c + c) + (c * c * e2 + c * e2) + (c * e2 // 2 * c + c) + 2 * c)
+
+        c, total = self.width, (folded * 9 + 1) * self.width
+        for n in self.enc_blocks:
+            total += n * block(c) + (c * 2 * c * 4 + 2 * c)
+            c *= 2
+        total += self.middle_blocks * block(c)
+        for n in self.dec_blocks:
+            total += c * 2 * c
+            c //= 2
+            total += n * block(c)
+        return total + (self.width * 9 + 1) * folded
+
+
+# Upper bounds that keep a config file from hanging the loader or asking for absurd memory;
+# public NAFNet models (width 32-64, 4 levels, up to 28 middle blocks) are far inside them.
+RESTORER_LIMITS = {"image_size": 16384, "width": 1024, "unshuffle": 16, "dw_expand": 16,
+                   "ffn_expand": 16, "levels": 8, "blocks": 256, "channels": 16384,
+                   "parameters": 1_000_000_000}
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    """``ConfigError`` naming ``name`` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ConfigError(f"RestorerConfig.{name} = {value} is out of range ({low} to {high})")
 
 
 class LayerNorm2d(nn.Module):

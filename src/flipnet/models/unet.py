@@ -48,20 +48,83 @@ class UNetConfig:
         return tuple(n) if isinstance(n, (tuple, list)) else (int(n),) * len(self.channel_mult)
 
     def validate(self) -> None:
-        """Raise ``ConfigError`` naming the first inconsistent setting."""
+        """Raise ``ConfigError`` naming the first inconsistent or out-of-range setting."""
         if not self.channel_mult:
             raise ConfigError("UNetConfig.channel_mult is empty")
+        lim = UNET_LIMITS
+        for name in ("image_size", "in_channels", "out_channels", "model_channels", "norm_groups"):
+            _check_range(name, getattr(self, name), 1, lim[name])
+        _check_range("levels (len(channel_mult))", len(self.channel_mult), 1, lim["levels"])
         if len(self.res_blocks()) != len(self.channel_mult):
             raise ConfigError("UNetConfig.num_res_blocks needs one entry per channel_mult level")
+        for n in self.res_blocks():
+            _check_range("num_res_blocks", n, 0, lim["res_blocks"])
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"UNetConfig.dropout = {self.dropout} is out of range (0 to < 1)")
+        _check_range("num_heads", self.num_heads, 1, lim["heads"])
         if self.image_size % 2 ** (len(self.channel_mult) - 1):
             raise ConfigError(f"UNetConfig.image_size {self.image_size} is not divisible by "
                               f"2^{len(self.channel_mult) - 1} (one halving per extra level)")
         for m in self.channel_mult:
-            if int(m * self.model_channels) % self.norm_groups:
-                raise ConfigError(f"UNetConfig: {int(m * self.model_channels)} channels not "
-                                  f"divisible by norm_groups={self.norm_groups}")
-        if self.cross_attention_dim is not None and self.cross_attention_dim <= 0:
-            raise ConfigError("UNetConfig.cross_attention_dim must be None or positive")
+            ch = int(m * self.model_channels)
+            _check_range("channels of a level (channel_mult * model_channels)", ch, 1,
+                         lim["channels"])
+            if ch % self.norm_groups:
+                raise ConfigError(f"UNetConfig: {ch} channels not divisible by "
+                                  f"norm_groups={self.norm_groups}")
+        if self.cross_attention_dim is not None:
+            _check_range("cross_attention_dim", self.cross_attention_dim, 1, lim["channels"])
+        if self.parameter_estimate() > lim["parameters"]:
+            raise ConfigError(f"UNetConfig: about {self.parameter_estimate():,} parameters, over "
+                              f"the limit of {lim['parameters']:,}")
+
+    def parameter_estimate(self) -> int:
+        """Approximate parameter count (convolutions and projections) without allocating."""
+        mc, emb = self.model_channels, 4 * self.model_channels
+        blocks = self.res_blocks()
+
+        def res(cin: int, cout: int) -> int:  # two 3x3 convs, FiLM linear, 1x1 skip
+            return 9 * cin * cout + 9 * cout * cout + emb * 2 * cout + (cin * cout if cin != cout
+                                                                         else 0)
+
+        def attn(c: int) -> int:
+            ctx = self.cross_attention_dim
+            return 4 * c * c + (2 * c * c + 2 * c * ctx if ctx else 0)
+
+        ch = int(self.channel_mult[0] * mc)
+        total, skips, px = mc * emb + emb * emb + 9 * self.in_channels * ch, [ch], self.image_size
+        for level, m in enumerate(self.channel_mult):
+            for _ in range(blocks[level]):
+                total += res(ch, int(m * mc)) + (attn(int(m * mc)) if px in
+                                                  self.attention_resolutions else 0)
+                ch = int(m * mc)
+                skips.append(ch)
+            if level != len(self.channel_mult) - 1:
+                total, px = total + 9 * ch * ch, px // 2
+                skips.append(ch)
+        total += 2 * res(ch, ch) + attn(ch)
+        for level, m in list(enumerate(self.channel_mult))[::-1]:
+            for _ in range(blocks[level] + 1):
+                total += res(ch + skips.pop(), int(m * mc))
+                ch = int(m * mc)
+                total += attn(ch) if px in self.attention_resolutions else 0
+            if level:
+                total, px = total + 9 * ch * ch, px * 2
+        return total + 9 * ch * self.out_channels
+
+
+# Upper bounds that keep a config file from hanging the loader or asking for absurd memory.
+# The largest public pixel UNets (guided-diffusion 256/512 px: 256 base channels, up to 4x
+# multipliers, ~550M parameters) are well inside them.
+UNET_LIMITS = {"image_size": 4096, "in_channels": 64, "out_channels": 64, "model_channels": 2048,
+               "norm_groups": 1024, "levels": 10, "res_blocks": 32, "heads": 1024,
+               "channels": 8192, "parameters": 3_000_000_000}
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    """``ConfigError`` naming ``name`` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ConfigError(f"UNetConfig.{name} = {value} is out of range ({low} to {high})")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0) -> torch.Tensor:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from flipnet.device import resolve_device
 from flipnet.errors import WeightsError
 from flipnet.io import to_tensor, to_uint8
 
@@ -40,15 +41,10 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
     raise WeightsError(f"{name_or_path}: no such weights folder (looked in {WEIGHTS_DIR})")
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; anything else as given."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; a named device must exist (``ConfigError`` if not).
+    Kept for the existing callers; the logic lives in ``flipnet.device.resolve_device``."""
+    return resolve_device(device)
 
 
 @dataclass
@@ -142,6 +138,8 @@ def make_method(name: str, weights: str | None = None, **kwargs):
     """Build a restoration method by name (see ``METHODS``); kwargs go to its constructor."""
     if name not in METHODS:
         raise WeightsError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if "device" in kwargs:  # refuse a missing device even for methods that run on numpy
+        resolve_device(kwargs["device"])
     return METHODS[name](weights, **kwargs)
 
 

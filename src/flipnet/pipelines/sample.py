@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flipnet.device import resolve_device
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import SAMPLERS
 from flipnet.diffusion.schedules import make_schedule
@@ -24,6 +25,7 @@ def sample_prior(weights: str | os.PathLike | Prior, *, n: int = 64, steps: int 
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if n < 1 or steps < 1 or batch_size < 1:
         raise ConfigError("n, steps and batch_size must be positive")
+    device = resolve_device(device)
     prior = weights if isinstance(weights, Prior) else load_prior(weights, device)
     schedule = make_schedule(prior.schedule)
     ts = sampling_timesteps(schedule.num_timesteps, str(steps))
