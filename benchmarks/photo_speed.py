@@ -2,7 +2,7 @@
 paste, for a one-face photo (scikit-image's astronaut) and a five-face photo (five astronaut face
 crops on a 1024 x 768 canvas).
 
-    python scripts/bench_photo.py --method restorer --repeats 3 --out out/bench_photo.json
+    python benchmarks/photo_speed.py --method restorer --repeats 3 --out out/bench_photo.json
 
 Each configuration is run once to warm up (dlib models, weights), then ``--repeats`` times; the
 median of each stage is reported. Prints a table and writes JSON.

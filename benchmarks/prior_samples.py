@@ -11,7 +11,7 @@ For each (sampler, steps) it draws ``--n`` faces and compares them with ``--n`` 
 
 Writes JSON, a markdown table and a PNG grid per setting under ``--out``.
 
-    python scripts/bench_prior.py --weights weights/prior-64 --n 1000 \
+    python benchmarks/prior_samples.py --weights weights/prior-64 --n 1000 \
         --settings ddim:10,ddim:25,ddim:50,dpmpp_2m:10,dpmpp_2m:25,ddpm:250
 """
 

@@ -6,8 +6,8 @@ the model FLOPs per face (``torch.utils.flop_counter.FlopCounterMode``; one mult
 FLOPs) and the theoretical limit = the device's measured peak fp32 FLOP/s (a big matmul) /
 FLOPs per face. Prints a table and writes JSON.
 
-    python scripts/bench_throughput.py                       # CPU, all threads
-    python scripts/bench_throughput.py --device cuda --batch-sizes 1,4,16,32,64,128,256
+    python benchmarks/restore_throughput.py                       # CPU, all threads
+    python benchmarks/restore_throughput.py --device cuda --batch-sizes 1,4,16,32,64,128,256
 """
 
 from __future__ import annotations

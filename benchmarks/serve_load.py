@@ -10,7 +10,7 @@ once (alternating an aligned 128 px face crop and the whole 512 px astronaut pho
 Records status codes, latencies and the server's RSS (sampled every 50 ms); prints requests/s,
 p50/p90/p99 latency, counts of 200 / 503 / other and lost (must be 0 and 0), peak RSS; writes JSON.
 
-    python scripts/load_serve.py --out out/load_serve.json
+    python benchmarks/serve_load.py --out out/load_serve.json
 """
 
 from __future__ import annotations
