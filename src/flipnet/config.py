@@ -110,8 +110,8 @@ def _build_scalar(tp, value):
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
+        # an int stays an int (a valid float, PEP 484), so save -> load -> save is byte-identical
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)
     elif tp is Path:
