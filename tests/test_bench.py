@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
 import numpy as np
+import pytest
 
 from flipnet.io import save_image
 from flipnet.pipelines.bench import BenchConfig, build_sets, run_bench
@@ -48,3 +50,26 @@ def test_bench_end_to_end(tmp_path, astronaut):
         assert (tmp_path / "docs" / "bench" / png).stat().st_size > 1000
     saved = json.loads((tmp_path / "docs" / "bench" / "results.json").read_text())
     assert saved["methods"]["input"]["sets"]["lfw-real"]["identity_cos"] > 0.99
+
+
+def test_bench_rerun_reuses_finished_results_and_redoes_lost_ones(tmp_path, astronaut, monkeypatch):
+    import flipnet.pipelines.bench as bench
+
+    cfg = _fake_data(tmp_path, astronaut)
+    first = run_bench(cfg, progress=False)
+    done = tmp_path / "work" / "done"
+    assert sorted(p.name for p in (done / "bicubic").iterdir()) == [
+        "codeformer.json", "gfpgan.json", "lfw-real.json", "raw.json"]
+    (done / "bicubic" / "raw.json").unlink()  # as if killed before this set finished
+    calls = []
+    real_score = bench.score
+    monkeypatch.setattr(bench, "score", lambda *a, **k: calls.append(1) or real_score(*a, **k))
+    again = run_bench(cfg, progress=False)
+    assert len(calls) == 1  # only the lost (bicubic, raw) result is recomputed
+    assert again["methods"]["bicubic"]["sets"]["raw"]["psnr"] == pytest.approx(
+        first["methods"]["bicubic"]["sets"]["raw"]["psnr"])
+    assert again["methods"]["input"]["sets"]["gfpgan"] == first["methods"]["input"]["sets"]["gfpgan"]
+    changed = dataclasses.replace(cfg, seed=1)  # other settings: nothing is reused
+    calls.clear()
+    run_bench(changed, progress=False)
+    assert len(calls) == 8

@@ -5,7 +5,9 @@ Sets (fixed seeds, faces never used in training; see ``flipnet.splits``):
   * real: LFW people I-L (aligned 128 px), no ground truth.
 Methods: every one whose weights are present (``flipnet.pipelines.methods``).
 Outputs: ``docs/BENCHMARKS.md`` (the block between the bench markers), ``docs/bench/results.json``
-and PNG plots (metric bars, quality vs speed, a before/after grid).
+and PNG plots (metric bars, quality vs speed, a before/after grid). Each finished (method, set)
+result is kept under ``WORK/done/`` with the settings and a fingerprint of the method's weights, so
+a rerun after ``kill -9`` continues with what is left (and redoes anything whose weights changed).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,9 +72,10 @@ def build_sets(cfg: BenchConfig) -> dict[str, dict]:
     sets = {}
     for preset in PRESETS:
         lq_dir, gt_dir = work / preset / "lq", work / preset / "gt"
-        done = all(d.is_dir() and len(list_images(d)) == n for d in (lq_dir, gt_dir)) and \
-            (work / preset / "params.json").is_file()  # params.json is written last
-        if not done:
+        manifest = {"seed": cfg.seed, "names": names}  # written last: the set is complete
+        if _read_json(work / preset / "set.json") != manifest:
+            for d in (lq_dir, gt_dir):  # another seed or n, or a killed build: start clean
+                shutil.rmtree(d, ignore_errors=True)
             pcfg = rescale_blur(get_preset(preset), hq.shape[1])
             with torch.no_grad():
                 lq, params = degrade_images(to_tensor(hq), pcfg, seed=cfg.seed)
@@ -80,6 +84,7 @@ def build_sets(cfg: BenchConfig) -> dict[str, dict]:
                 save_image(gt_dir / f"{name}.png", b)
             write_bytes_atomic(work / preset / "params.json",
                                json.dumps(params, default=str).encode())
+            write_bytes_atomic(work / preset / "set.json", json.dumps(manifest).encode())
         sets[preset] = {"lq": lq_dir, "gt": gt_dir, "names": names}
     lfw = in_split(list_images(cfg.lfw), "test")
     rng = np.random.default_rng(cfg.seed)
@@ -184,6 +189,40 @@ def per_group(ids: list, names: list[str]) -> dict:
     return {k: {"mean_cos": float(np.mean(v)), "n": len(v)} for k, v in sorted(groups.items())}
 
 
+def method_fingerprint(name: str) -> str:
+    """SHA-256 over a method's default weights folder (config + tensors); "none" without one.
+    Cached bench results are reused only while this and the bench settings are unchanged."""
+    import hashlib
+
+    from flipnet.errors import FlipnetError
+    from flipnet.pipelines.methods import DEFAULT_WEIGHTS, resolve_weights
+
+    if name not in DEFAULT_WEIGHTS:
+        return "none"
+    try:
+        folder = resolve_weights(DEFAULT_WEIGHTS[name])
+    except FlipnetError:
+        return "none"
+    digest = hashlib.sha256()
+    for f in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()
+
+
+def _read_json(path: Path):
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cached(path: Path, key: dict) -> dict | None:
+    """A finished (method, set) result written by an earlier, possibly killed, run."""
+    done = _read_json(path)
+    return done["result"] if isinstance(done, dict) and done.get("key") == key else None
+
+
 def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     """Build sets, run methods, score, plot, and rewrite the generated block of BENCHMARKS.md."""
     from rich.progress import Progress
@@ -205,25 +244,42 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     with Progress(disable=not progress) as bar:
         task = bar.add_task("bench", total=len(names) * len(sets))
         for mname in names:
-            method = make_method(mname, device="cpu", steps=cfg.prior_steps, seed=cfg.seed)
+            method = None  # built only when some set of it is not cached
             res = results["methods"][mname] = {"sets": {}}
+            key = {"bench": {k: v for k, v in asdict(cfg).items() if k != "docs"},
+                   "weights": method_fingerprint(mname)}
+            done_dir = Path(cfg.work) / "done" / mname  # a kill -9 loses at most one (method, set)
             for sname, s in sets.items():
                 lq, gt = loaded[sname]
-                t0 = time.perf_counter()
-                pred = list(method.restore(np.stack(lq)))
-                sec = time.perf_counter() - t0
                 pdir = Path(cfg.work) / "pred" / mname / sname
-                for n, p in zip(s["names"], pred):
-                    save_image(pdir / f"{n}.png", p)
-                r = score(pred, lq, gt, ref, emb)
-                r["seconds_per_face"] = sec / len(pred)
+                r = _cached(done_dir / f"{sname}.json", key)
+                if r is None:
+                    method = method or make_method(mname, device="cpu", steps=cfg.prior_steps,
+                                                   seed=cfg.seed)
+                    t0 = time.perf_counter()
+                    pred = list(method.restore(np.stack(lq)))
+                    sec = time.perf_counter() - t0
+                    for n, p in zip(s["names"], pred):
+                        save_image(pdir / f"{n}.png", p)
+                    r = score(pred, lq, gt, ref, emb)
+                    r["seconds_per_face"] = sec / len(pred)
+                    if sname == "codeformer":
+                        r["identity_by_group"] = per_group(r["identity_per_image"], s["names"])
+                    write_bytes_atomic(done_dir / f"{sname}.json",
+                                       json.dumps({"key": key, "result": r}).encode())
                 if sname == "codeformer":
-                    r["identity_by_group"] = per_group(r["identity_per_image"], s["names"])
-                    grid_rows.append((mname, pred[:6], lq[:6], gt[:6]))
+                    pred6 = [load_image(pdir / f"{n}.png").rgb for n in s["names"][:6]]
+                    grid_rows.append((mname, pred6, lq[:6], gt[:6]))
                 res["sets"][sname] = r
                 bar.advance(task)
             if cfg.speed:
-                res["speed"] = speed(mname, steps=cfg.prior_steps)
+                r = _cached(done_dir / "speed.json", key)
+                if r is None:
+                    r = speed(mname, steps=cfg.prior_steps)
+                    if "error" not in r:
+                        write_bytes_atomic(done_dir / "speed.json",
+                                           json.dumps({"key": key, "result": r}).encode())
+                res["speed"] = r
     results["seconds"] = time.perf_counter() - t_start
     results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     docs = Path(cfg.docs)
