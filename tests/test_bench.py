@@ -73,3 +73,38 @@ def test_bench_rerun_reuses_finished_results_and_redoes_lost_ones(tmp_path, astr
     calls.clear()
     run_bench(changed, progress=False)
     assert len(calls) == 8
+
+
+@pytest.mark.slow
+def test_bench_killed_with_sigkill_reruns_to_the_unbroken_tables(tmp_path, astronaut):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flipnet.config import save_config
+
+    cfg = _fake_data(tmp_path, astronaut)
+    straight = run_bench(cfg, progress=False)
+    killed = dataclasses.replace(cfg, work=str(tmp_path / "work2"), docs=str(tmp_path / "docs2"))
+    save_config(killed, tmp_path / "bench.json")
+    cmd = [sys.executable, "-m", "flipnet.cli", "bench", "--config", str(tmp_path / "bench.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    first = tmp_path / "work2" / "done" / "input" / "gfpgan.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "docs2" / "bench" / "results.json").exists()
+    subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)
+    again = json.loads((tmp_path / "docs2" / "bench" / "results.json").read_text())
+    for method in ("input", "bicubic"):
+        for name, r in straight["methods"][method]["sets"].items():
+            got = again["methods"][method]["sets"][name]
+            for key in ("psnr", "ssim", "niqe", "identity_cos"):
+                assert got.get(key) == pytest.approx(r.get(key)), (method, name, key)
+    leftovers = [p for p in (tmp_path / "work2").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []

@@ -134,3 +134,36 @@ def test_helpers():
     assert is_video("a/B.MP4") and is_video("x.webm") and not is_video("x.png")
     assert exact_fps(29.97) == pytest.approx(30000 / 1001) and exact_fps(25.0) == 25
     assert exact_fps(23.98).denominator == 1001
+
+
+@pytest.mark.slow
+def test_cli_killed_with_sigkill_reruns_to_the_unbroken_frames(tmp_path):
+    import os
+    import signal
+    import time
+
+    src = make_clip(tmp_path / "long.mp4", size=48, frames=600, fps=25)
+    cmd = [sys.executable, "-m", "flipnet.cli", "restore", str(src), "--method", "input",
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + ["-o", str(tmp_path / "straight")], check=True, capture_output=True,
+                   env=env, timeout=600)
+    out = tmp_path / "killed"
+    work = out / "restored_videos" / ".long.parts"
+    proc = subprocess.Popen(cmd + ["-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not list(work.glob("part*.ts")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before a segment was finished; use a longer clip"
+    proc.send_signal(signal.SIGKILL)  # mid-run: one segment done, the next one half-encoded
+    proc.wait()
+    assert not (out / "restored_videos" / "long.mp4").exists()  # never a half-written output
+    r = subprocess.run(cmd + ["-o", str(out)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (out / "restored_videos").iterdir()] == ["long.mp4"]
+    _, a = iter_frames(tmp_path / "straight" / "restored_videos" / "long.mp4")
+    _, b = iter_frames(out / "restored_videos" / "long.mp4")
+    pairs = list(zip(a, b, strict=True))
+    assert len(pairs) == 600 and all(np.array_equal(x, y) for x, y in pairs)

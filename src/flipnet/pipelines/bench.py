@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from flipnet.io import list_images, load_image, save_image, write_bytes_atomic
+from flipnet.io import (
+    list_images,
+    load_image,
+    remove_partial_files,
+    save_image,
+    write_bytes_atomic,
+)
 from flipnet.splits import in_split, utkface_labels
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -231,6 +237,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     from flipnet.pipelines.methods import available_methods, make_method
 
     t_start = time.perf_counter()
+    for folder in [Path(cfg.work), *Path(cfg.work).rglob("*")]:  # what a kill -9 left half-written
+        remove_partial_files(folder)
     sets = build_sets(cfg)
     ref = [load_image(p).rgb for p in sets.pop("_ref")["paths"]]
     names = [m for m in (cfg.methods.split(",") if cfg.methods else available_methods()) if m]
