@@ -53,7 +53,7 @@ def test_bench_end_to_end(tmp_path, astronaut):
 
 
 def test_bench_rerun_reuses_finished_results_and_redoes_lost_ones(tmp_path, astronaut, monkeypatch):
-    import flipnet.pipelines.bench as bench
+    from flipnet.pipelines import bench
 
     cfg = _fake_data(tmp_path, astronaut)
     first = run_bench(cfg, progress=False)

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from flipnet.errors import ConfigError
-from flipnet.faces.align import (align_face, compose_affine, invert_affine, similarity_transform,
-                                 warp_to_crop)
+from flipnet.faces.align import (
+    align_face,
+    compose_affine,
+    invert_affine,
+    similarity_transform,
+    warp_to_crop,
+)
 from flipnet.faces.detect import Face, detect_faces, landmarks5_from_68, main_face
 from flipnet.faces.paste import paste_face, paste_faces, upscale_image
 from flipnet.faces.template import FFHQ_512, get_template, load_template_record

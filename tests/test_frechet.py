@@ -8,9 +8,16 @@ import pytest
 import torch
 from scipy import linalg
 
-from flipnet.metrics.frechet import (EXTRACTORS, extract_features, frechet_distance,
-                                     frechet_distance_from_stats, frechet_distance_images,
-                                     gaussian_stats, kernel_inception_distance, kid_images)
+from flipnet.metrics.frechet import (
+    EXTRACTORS,
+    extract_features,
+    frechet_distance,
+    frechet_distance_from_stats,
+    frechet_distance_images,
+    gaussian_stats,
+    kernel_inception_distance,
+    kid_images,
+)
 
 
 def _scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,7 +66,7 @@ def test_frechet_rejects_bad_features():
 
 def _naive_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     d = x.shape[1]
-    k = lambda u, v: (u @ v / d + 1) ** 3  # noqa: E731
+    k = lambda u, v: (u @ v / d + 1) ** 3
     m, n = len(x), len(y)
     kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))

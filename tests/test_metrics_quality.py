@@ -13,8 +13,15 @@ from skimage import color, data, metrics
 
 from flipnet.io import list_images, load_image
 from flipnet.metrics.brisque import brisque, brisque_features, load_brisque_model, svr_predict
-from flipnet.metrics.mscn import (aggd_fit, ggd_fit, lowlevel_features, lowlevel_patch_features,
-                                  matlab_imresize, mscn, rgb_to_gray_matlab)
+from flipnet.metrics.mscn import (
+    aggd_fit,
+    ggd_fit,
+    lowlevel_features,
+    lowlevel_patch_features,
+    matlab_imresize,
+    mscn,
+    rgb_to_gray_matlab,
+)
 from flipnet.metrics.niqe import load_niqe_model, niqe
 from flipnet.metrics.psnr_ssim import psnr, rgb_to_y, ssim
 

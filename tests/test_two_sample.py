@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from flipnet.metrics.two_sample import (TinyCritic, TwoSampleResult, classifier_two_sample_test,
-                                        wilson_interval)
+from flipnet.metrics.two_sample import (
+    TinyCritic,
+    TwoSampleResult,
+    classifier_two_sample_test,
+    wilson_interval,
+)
 
 
 def _smooth_faces(n: int, seed: int, *, noise: float = 0.0, size: int = 72) -> np.ndarray:

@@ -6,7 +6,7 @@ are imported on first use so that ``import flipnet`` stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["Restorer", "Degrader", "Result"]
+__all__ = ["Degrader", "Restorer", "Result"]
 
 
 def __getattr__(name):

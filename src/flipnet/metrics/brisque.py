@@ -12,9 +12,9 @@ here in numpy from the support vectors (src/flipnet/data/brisque_svr.npz).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
 

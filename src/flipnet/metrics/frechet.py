@@ -14,8 +14,8 @@ An extractor is any callable uint8 (N, H, W, 3) -> float (N, D), or a name in ``
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm

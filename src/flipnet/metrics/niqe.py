@@ -12,15 +12,21 @@ official one (src/flipnet/data/niqe_pristine.npz, built by scripts/extract_quali
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 from flipnet.errors import WeightsError
-from flipnet.metrics.mscn import (matlab_imresize, mscn, nss_block_features, rgb_to_gray_matlab,
-                                  split_blocks)
+from flipnet.metrics.mscn import (
+    matlab_imresize,
+    mscn,
+    nss_block_features,
+    rgb_to_gray_matlab,
+    split_blocks,
+)
 from flipnet.metrics.psnr_ssim import as_image_list, rgb_to_y
 
 PATCH_SIZE = 96

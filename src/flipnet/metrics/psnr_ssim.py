@@ -9,7 +9,7 @@ with ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -12,8 +12,8 @@ All randomness (subsampling, split, initialisation, batches, flips) comes from `
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np

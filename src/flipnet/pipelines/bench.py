@@ -306,7 +306,7 @@ def _splice(path: Path, block: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     block = f"{START}\n{block}\n{END}"
     if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     write_bytes_atomic(path, text.encode())
