@@ -125,6 +125,31 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_export_card(tmp: Path, card: str | bytes, cfg) -> None:
+    """Finish an export folder being filled: its model card and the run's config, then the
+    ``export`` fault point (where the tests kill)."""
+    write_bytes_atomic(tmp / "MODEL_CARD.md", card if isinstance(card, bytes) else card.encode())
+    write_bytes_atomic(tmp / "train_config.json",
+                       json.dumps(config_to_dict(cfg), indent=2).encode())
+    fault_point("export")
+
+
+def run_from_argv(config_cls, train, module: str) -> None:
+    """``python -m flipnet.training.<module> CONFIG.json [--resume]``: load, train, print the
+    export folder; a flipnet error exits with one ``error:`` line."""
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: python -m flipnet.training.{module} CONFIG.json [--resume]")
+    try:
+        cfg = load_config(config_cls, sys.argv[1])
+        if "--resume" in sys.argv[2:]:
+            cfg = config_cls(**{**cfg.__dict__, "resume": True})
+        print(train(cfg))
+    except FlipnetError as e:
+        sys.exit(f"error: {e}")
+
+
 def save_checkpoint(accelerator, root: str | Path, step: int, *, keep: int = 2) -> Path:
     """``accelerator.save_state`` into ``root/step-NNNNNNN`` (atomic rename); keep ``keep``.
 

@@ -13,7 +13,6 @@ never leaves half a checkpoint or export. The EMA embedder is exported to ``<out
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from flipnet.config import config_to_dict, save_config
+from flipnet.config import save_config
 from flipnet.errors import FlipnetError
-from flipnet.io import write_bytes_atomic
 from flipnet.models.face_embedding import (
     FaceEmbedder,
     FaceEmbeddingConfig,
@@ -40,13 +38,14 @@ from flipnet.training.common import (
     clean_partial_outputs,
     endless_batches,
     every,
-    fault_point,
     hardware_name,
     latest_checkpoint,
     load_checkpoint,
     resume_point,
+    run_from_argv,
     save_checkpoint,
     trim_log,
+    write_export_card,
 )
 from flipnet.training.pairs import (
     PairSampler,
@@ -210,11 +209,7 @@ def train_face_embedding(cfg: EmbedderTrainConfig) -> Path:
         ema.copy_to(sample_model)
         with replace_folder_atomically(folder) as tmp:  # a kill never leaves half an export
             save_face_embedder(tmp, sample_model)
-            write_bytes_atomic(tmp / "MODEL_CARD.md",
-                               _model_card(cfg, progress, len(dataset), accelerator))
-            write_bytes_atomic(tmp / "train_config.json",
-                               json.dumps(config_to_dict(cfg), indent=2).encode())
-            fault_point("export")
+            write_export_card(tmp, _model_card(cfg, progress, len(dataset), accelerator), cfg)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder
@@ -243,16 +238,4 @@ def _model_card(cfg: EmbedderTrainConfig, progress: TrainProgress, n_faces: int,
 
 
 if __name__ == "__main__":  # python -m flipnet.training.face_embedding CONFIG.json [--resume]
-    import sys
-
-    from flipnet.config import load_config
-
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m flipnet.training.face_embedding CONFIG.json [--resume]")
-    run_cfg = load_config(EmbedderTrainConfig, sys.argv[1])
-    if "--resume" in sys.argv[2:]:
-        run_cfg = EmbedderTrainConfig(**{**run_cfg.__dict__, "resume": True})
-    try:
-        print(train_face_embedding(run_cfg))
-    except FlipnetError as e:
-        sys.exit(f"error: {e}")
+    run_from_argv(EmbedderTrainConfig, train_face_embedding, "face_embedding")

@@ -23,7 +23,6 @@ adapters are exported to ``<out_dir>/flipnet``.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from flipnet.config import config_to_dict, save_config
+from flipnet.config import save_config
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
 from flipnet.errors import ConfigError, FlipnetError, ImageReadError
 from flipnet.io import (
@@ -43,7 +42,6 @@ from flipnet.io import (
     save_image,
     to_tensor,
     to_uint8,
-    write_bytes_atomic,
 )
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, save_flipnet
 from flipnet.splits import in_split
@@ -55,13 +53,14 @@ from flipnet.training.common import (
     clean_partial_outputs,
     endless_batches,
     every,
-    fault_point,
     hardware_name,
     latest_checkpoint,
     load_checkpoint,
     resume_point,
+    run_from_argv,
     save_checkpoint,
     trim_log,
+    write_export_card,
 )
 from flipnet.training.data import resize_square
 from flipnet.training.pairs import (
@@ -327,11 +326,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         ema.copy_to(sample_net)
         with replace_folder_atomically(folder) as tmp:  # a kill never leaves half an export
             save_flipnet(tmp, sample_net)
-            write_bytes_atomic(tmp / "MODEL_CARD.md", _model_card(
-                cfg, progress, len(restore_data), len(degrade_data), accelerator))
-            write_bytes_atomic(tmp / "train_config.json",
-                               json.dumps(config_to_dict(cfg), indent=2).encode())
-            fault_point("export")
+            card = _model_card(cfg, progress, len(restore_data), len(degrade_data), accelerator)
+            write_export_card(tmp, card, cfg)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder
@@ -354,16 +350,4 @@ def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int
 
 
 if __name__ == "__main__":  # python -m flipnet.training.flipnet CONFIG.json [--resume]
-    import sys
-
-    from flipnet.config import load_config
-
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m flipnet.training.flipnet CONFIG.json [--resume]")
-    run_cfg = load_config(FlipNetTrainConfig, sys.argv[1])
-    if "--resume" in sys.argv[2:]:
-        run_cfg = FlipNetTrainConfig(**{**run_cfg.__dict__, "resume": True})
-    try:
-        print(train_flipnet(run_cfg))
-    except FlipnetError as e:
-        sys.exit(f"error: {e}")
+    run_from_argv(FlipNetTrainConfig, train_flipnet, "flipnet")

@@ -8,7 +8,6 @@ EMA weights are exported as a prior folder (``<out_dir>/prior``) with a model ca
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from flipnet.config import config_to_dict, save_config
+from flipnet.config import save_config
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import sample_ddim
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import FlipnetError
-from flipnet.io import write_bytes_atomic
 from flipnet.models.prior import PriorConfig, save_prior
 from flipnet.models.unet import UNet, count_parameters
 from flipnet.training.common import (
@@ -34,13 +32,14 @@ from flipnet.training.common import (
     clean_partial_outputs,
     endless_batches,
     every,
-    fault_point,
     hardware_name,
     latest_checkpoint,
     load_checkpoint,
     resume_point,
+    run_from_argv,
     save_checkpoint,
     trim_log,
+    write_export_card,
 )
 from flipnet.training.data import FaceFolder, ShuffleFlipSampler
 from flipnet.viz import save_grid
@@ -210,26 +209,11 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
             save_prior(tmp, sample_model, cfg.prior)
             card = _model_card(cfg, progress, len(dataset), count_parameters(sample_model),
                                hardware_name(accelerator))
-            write_bytes_atomic(tmp / "MODEL_CARD.md", card.encode())
-            write_bytes_atomic(tmp / "train_config.json",
-                               json.dumps(config_to_dict(cfg), indent=2).encode())
-            fault_point("export")
+            write_export_card(tmp, card, cfg)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder
 
 
 if __name__ == "__main__":  # python -m flipnet.training.prior CONFIG.json [--resume]
-    import sys
-
-    from flipnet.config import load_config
-
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m flipnet.training.prior CONFIG.json [--resume]")
-    run_cfg = load_config(PriorTrainConfig, sys.argv[1])
-    if "--resume" in sys.argv[2:]:
-        run_cfg = PriorTrainConfig(**{**run_cfg.__dict__, "resume": True})
-    try:
-        print(train_prior(run_cfg))
-    except FlipnetError as e:
-        sys.exit(f"error: {e}")
+    run_from_argv(PriorTrainConfig, train_prior, "prior")

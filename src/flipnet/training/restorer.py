@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flipnet.config import config_to_dict, save_config
+from flipnet.config import save_config
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import to_uint8, write_bytes_atomic
 from flipnet.models.discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -41,13 +41,14 @@ from flipnet.training.common import (
     clean_partial_outputs,
     endless_batches,
     every,
-    fault_point,
     hardware_name,
     latest_checkpoint,
     load_checkpoint,
     resume_point,
+    run_from_argv,
     save_checkpoint,
     trim_log,
+    write_export_card,
 )
 from flipnet.training.losses import (
     fft_amplitude_loss,
@@ -420,10 +421,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                                hardware=hardware_name(accelerator), perceptual=perceptual_kind,
                                losses=_final_losses(out / "log.jsonl"), evaluation=evaluation,
                                command=command)
-            write_bytes_atomic(tmp / "MODEL_CARD.md", card.encode())
-            write_bytes_atomic(tmp / "train_config.json",
-                               json.dumps(config_to_dict(cfg), indent=2).encode())
-            fault_point("export")
+            write_export_card(tmp, card, cfg)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder
@@ -432,15 +430,5 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
 if __name__ == "__main__":  # python -m flipnet.training.restorer CONFIG.json [--resume]
     import sys
 
-    from flipnet.config import load_config
-
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m flipnet.training.restorer CONFIG.json [--resume]")
-    run_cfg = load_config(RestorerTrainConfig, sys.argv[1])
-    if "--resume" in sys.argv[2:]:
-        run_cfg = RestorerTrainConfig(**{**run_cfg.__dict__, "resume": True})
-    try:
-        print(train_restorer(run_cfg, command="python -m flipnet.training.restorer "
-                             + " ".join(sys.argv[1:])))
-    except FlipnetError as e:
-        sys.exit(f"error: {e}")
+    run_from_argv(RestorerTrainConfig, lambda cfg: train_restorer(
+        cfg, command="python -m flipnet.training.restorer " + " ".join(sys.argv[1:])), "restorer")
