@@ -66,7 +66,9 @@ def test_frechet_rejects_bad_features():
 
 def _naive_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     d = x.shape[1]
-    k = lambda u, v: (u @ v / d + 1) ** 3
+
+    def k(u, v):
+        return (u @ v / d + 1) ** 3
     m, n = len(x), len(y)
     kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))

@@ -6,10 +6,9 @@ import json
 import subprocess
 import sys
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
-
-imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 
 from flipnet.errors import ImageReadError
 from flipnet.pipelines.methods import BicubicMethod, InputMethod

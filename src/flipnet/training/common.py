@@ -38,6 +38,18 @@ def every(n: int, step: int) -> bool:
     return n > 0 and step % n == 0
 
 
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """Learning rate at ``step`` (1-based) of a linear warmup to ``lr`` over ``warmup_steps``."""
+    return lr * min(1.0, step / max(1, warmup_steps))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate to ``lr``; returns ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 class EMA:
     """Exponential moving average of a model's float tensors, with warmup.
 

@@ -6,22 +6,20 @@ of the same faces. Steps 1..``stage1_steps`` minimise ``reconstruction_loss`` (b
 next ``stage2_steps`` minimise ``alignment_loss`` (InfoNCE between LQ-encoder tokens and frozen
 HQ-encoder tokens; only the LQ encoder receives gradients). Accelerate (forward passes through
 the DDP-wrapped ``EmbedderObjective``), EMA, sample grids and the fault tolerance follow
-``training.prior``: a rerun with the same settings continues from the newest checkpoint; a kill -9
+``training.harness``: a rerun with the same settings continues from the newest checkpoint; a kill -9
 never leaves half a checkpoint or export. The EMA embedder is exported to ``<out_dir>/embedder``
 (config.json + fp16 safetensors + MODEL_CARD.md).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from flipnet.config import save_config
 from flipnet.errors import FlipnetError
 from flipnet.models.face_embedding import (
     FaceEmbedder,
@@ -33,20 +31,10 @@ from flipnet.models.face_embedding import (
 from flipnet.training.common import (
     EMA,
     TrainProgress,
-    append_log,
-    check_finite,
-    clean_partial_outputs,
-    endless_batches,
-    every,
     hardware_name,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
     run_from_argv,
-    save_checkpoint,
-    trim_log,
-    write_export_card,
 )
+from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.training.pairs import (
     PairSampler,
     SyntheticPairs,
@@ -55,7 +43,6 @@ from flipnet.training.pairs import (
     load_faces,
 )
 from flipnet.viz import save_grid
-from flipnet.weights import replace_folder_atomically
 
 # settings that may change between a run and its continuation without changing the result
 # (stage2_steps only says where to stop: stage II starts after stage1_steps either way)
@@ -86,6 +73,7 @@ class EmbedderTrainConfig:
                                                           "time; 0 = no limit"))
     ema_decay: float = field(default=0.999, metadata=_h("EMA decay (with warmup)"))
     grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 = off"))
+    mixed_precision: Literal["no", "bf16"] = field(default="no", metadata=_h("no | bf16"))
     sample_every: int = field(default=500, metadata=_h("reconstruction grid every N steps; 0 = off"))
     sample_count: int = field(default=8, metadata=_h("faces in each grid"))
     save_every: int = field(default=500, metadata=_h("checkpoint every N steps"))
@@ -119,100 +107,54 @@ class EmbedderObjective(nn.Module):
 
 def train_face_embedding(cfg: EmbedderTrainConfig) -> Path:
     """Train (or resume) the embedder; returns the exported EMA folder ``<out_dir>/embedder``."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
+    from accelerate import DistributedDataParallelKwargs
 
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    # a rerun with the same settings continues from the newest complete checkpoint
-    last = resume_point(out, cfg, harmless=RESUME_HARMLESS)
     # stage II trains only the LQ encoder: the HQ encoder (the frozen teacher) and both decoders
     # get no gradient there, which DDP only allows with find_unused_parameters; parameters unused
     # on every process keep grad None, so AdamW leaves them alone as in a single process
-    accelerator = Accelerator(kwargs_handlers=[
-        DistributedDataParallelKwargs(find_unused_parameters=cfg.stage2_steps > 0)])
-    main, device = accelerator.is_main_process, accelerator.device
-    if main:
-        clean_partial_outputs(out, exports=("embedder",))
-        save_config(cfg, out / "train_config.json")
-    accelerator.wait_for_everyone()
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.stage2_steps > 0)
+    run = TrainingRun(cfg, export="embedder", harmless=RESUME_HARMLESS, kwargs_handlers=[ddp])
+    accelerator, device = run.accelerator, run.device
     # data, model, EMA, optimizer
-    set_seed(cfg.seed)
     size = cfg.embedding.image_size
     _, pixels = load_faces(cfg.data_dir, size, split=cfg.split, limit=cfg.max_images or None,
-                           progress=main)
+                           progress=run.main)
     dataset = SyntheticPairs(pixels, face_presets(cfg.presets, size))
     if len(dataset) < max(2, cfg.batch_size):
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} faces, fewer than one batch "
                            f"({max(2, cfg.batch_size)})")
     sampler = PairSampler(len(dataset), seed=cfg.seed)
-    # own generator: starting an epoch (or a resumed one) leaves the global RNG alone
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        generator=torch.Generator())
+    loader = make_loader(dataset, sampler, cfg.batch_size)
     objective = EmbedderObjective(FaceEmbedder(cfg.embedding))
     opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr)
     # forward passes go through the prepared (DDP-wrapped) objective; the unwrapped embedder is
     # only read for the EMA, sample grids and the export
     objective, opt, loader = accelerator.prepare(objective, opt, loader)
     ema = EMA(accelerator.unwrap_model(objective).embedder, decay=cfg.ema_decay)
-    progress = TrainProgress()
-    accelerator.register_for_checkpointing(ema, progress)
     sample_model = FaceEmbedder(cfg.embedding).to(device).eval()  # before RNG states are restored
-    if last is not None:
-        load_checkpoint(accelerator, last)
-        if main:
-            trim_log(out / "log.jsonl", progress.step)
+    run.resume_or_start(ema)
     fixed_lq, fixed_hq = fixed_pairs(dataset, cfg.sample_count, seed=cfg.seed + 1)
     total = cfg.stage1_steps + cfg.stage2_steps
-    batches = endless_batches(accelerator, loader, sampler, progress.step)
-    t_start, wall0 = time.time(), progress.wall_seconds
-    bar = tqdm(total=total, initial=progress.step, disable=not main, desc="embedder",
-               dynamic_ncols=True)
-    try:  # the bar ends its line even when a step fails, so an error prints on its own
-        while progress.step < total:
-            step = progress.step + 1
-            stage = 1 if step <= cfg.stage1_steps else 2
-            lq, hq = next(batches)
-            loss = objective(hq, lq, stage)
-            check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
-                         latest_checkpoint(ckpt_root))
-            accelerator.backward(loss)
-            norm = accelerator.clip_grad_norm_(objective.parameters(),
-                                               cfg.grad_clip or float("inf"))
-            check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-            opt.step()
-            opt.zero_grad(set_to_none=True)  # stage II: params without gradients are left alone
-            ema.update(accelerator.unwrap_model(objective).embedder)
-            progress.step, progress.last_loss = step, float(loss.detach())
-            progress.wall_seconds = wall0 + time.time() - t_start
-            bar.update(1)
-            bar.set_postfix(stage=stage, loss=f"{progress.last_loss:.4f}")
-            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-            if main and every(cfg.log_every, step):
-                append_log(out / "log.jsonl", {"step": step, "stage": stage,
-                                               "loss": progress.last_loss,
-                                               "wall_s": round(progress.wall_seconds, 1)})
-            if main and every(cfg.sample_every, step):
-                _save_samples(out / "samples" / f"step-{step:07d}.png", ema, sample_model,
-                              fixed_hq.to(device), fixed_lq.to(device))
-            if every(cfg.save_every, step) or step == total or out_of_time:
-                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-            if out_of_time:
-                break
-    finally:
-        bar.close()
+    batches = run.batches(loader, sampler)
+    for step in run.steps(total, desc="embedder", save_samples=lambda path: _save_samples(
+            path, ema, sample_model, fixed_hq.to(device), fixed_lq.to(device))):
+        stage = 1 if step <= cfg.stage1_steps else 2
+        lq, hq = next(batches)
+        loss = objective(hq, lq, stage)
+        # stage II: parameters without gradients are left alone by the optimizer
+        run.optimizer_step(loss, opt, objective.parameters(), step, grad_clip=cfg.grad_clip)
+        ema.update(accelerator.unwrap_model(objective).embedder)
+        loss_value = float(loss.detach())
+        run.end_step(step, loss_value, log={"stage": stage, "loss": loss_value},
+                     postfix={"stage": stage, "loss": f"{loss_value:.4f}"})
+
     # export the EMA embedder with a model card
-    folder = out / "embedder"
-    if main:
+    def write_embedder(tmp: Path) -> bytes:
         ema.copy_to(sample_model)
-        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half an export
-            save_face_embedder(tmp, sample_model)
-            write_export_card(tmp, _model_card(cfg, progress, len(dataset), accelerator), cfg)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return folder
+        save_face_embedder(tmp, sample_model)
+        return _model_card(cfg, run.progress, len(dataset), accelerator)
+
+    return run.export(write_embedder)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ loss = MSE(target stream) + MSE(condition stream) per mode (the schedule's eps o
 summed over the two modes. Only adapters train: the prior is frozen, checked at start and at
 export. Accelerate (CPU, one GPU or ``accelerate launch``: forward passes go through the
 DDP-wrapped net), EMA of the trainable tensors, sample grids and the fault tolerance follow
-``training.prior``: a rerun with the same settings continues from the newest checkpoint and ends
+``training.harness``: a rerun with the same settings continues from the newest checkpoint and ends
 bit-identical to an unbroken run; a kill -9 never leaves half a checkpoint or export. The EMA
 adapters are exported to ``<out_dir>/flipnet``.
 """
@@ -23,16 +23,15 @@ adapters are exported to ``<out_dir>/flipnet``.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from flipnet.config import save_config
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
 from flipnet.errors import ConfigError, FlipnetError, ImageReadError
 from flipnet.io import (
@@ -48,21 +47,14 @@ from flipnet.splits import in_split
 from flipnet.training.common import (
     EMA,
     TrainProgress,
-    append_log,
-    check_finite,
-    clean_partial_outputs,
-    endless_batches,
-    every,
     hardware_name,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
     run_from_argv,
     save_checkpoint,
-    trim_log,
-    write_export_card,
+    set_lr,
+    warmup_lr,
 )
 from flipnet.training.data import resize_square
+from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.training.pairs import (
     PairFolder,
     PairSampler,
@@ -72,7 +64,6 @@ from flipnet.training.pairs import (
     load_faces,
 )
 from flipnet.viz import save_grid
-from flipnet.weights import replace_folder_atomically
 
 # settings that may change between a run and its continuation without changing the result
 # (the learning rate is warmup-then-constant, so ``steps`` only says where to stop)
@@ -111,6 +102,7 @@ class FlipNetTrainConfig:
     degrade_weight: float = field(default=1.0, metadata=_h("weight of the degradation-mode loss"))
     ema_decay: float = field(default=0.999, metadata=_h("EMA decay (with warmup)"))
     grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 = off"))
+    mixed_precision: Literal["no", "bf16"] = field(default="no", metadata=_h("no | bf16"))
     sample_every: int = field(default=1000, metadata=_h("sample grid every N steps; 0 = off"))
     sample_count: int = field(default=8, metadata=_h("faces in each grid"))
     sample_steps: int = field(default=25, metadata=_h("DDIM steps for sample grids"))
@@ -207,49 +199,41 @@ def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
                           "gradient; train with phi > 0 or use_boosthub = false")
 
 
+def _prepare_pairs(cfg: FlipNetTrainConfig) -> None:
+    """The degradation mode's (real LQ, pseudo HQ) pairs, made once (a pair killed mid-write is
+    simply made again)."""
+    for sub in ("lq", "target"):
+        remove_partial_files(Path(cfg.pairs_dir) / sub)
+    make_degradation_pairs(cfg.real_lq_dir, cfg.pairs_dir, cfg.pseudo_restorer, split=cfg.split,
+                           limit=cfg.max_images)
+
+
 def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     """Train (or resume) FLIPNET; returns the exported EMA folder ``<out_dir>/flipnet``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-
     from flipnet.pipelines.flipnet_method import flipnet_degrade, flipnet_restore
 
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    # a rerun with the same settings continues from the newest complete checkpoint
-    last = resume_point(out, cfg, harmless=RESUME_HARMLESS)
-    accelerator = Accelerator()
-    main, device = accelerator.is_main_process, accelerator.device
-    if main:
-        clean_partial_outputs(out, exports=("flipnet",))
-        for sub in ("lq", "target"):  # a pair killed mid-write is simply made again
-            remove_partial_files(Path(cfg.pairs_dir) / sub)
-        save_config(cfg, out / "train_config.json")
-        make_degradation_pairs(cfg.real_lq_dir, cfg.pairs_dir, cfg.pseudo_restorer,
-                               split=cfg.split, limit=cfg.max_images)
-    accelerator.wait_for_everyone()
+    # checkpoint_writer: this module's name, so a test can spy on every process's checkpoints
+    run = TrainingRun(cfg, export="flipnet", harmless=RESUME_HARMLESS,
+                      prepare_outputs=lambda: _prepare_pairs(cfg),
+                      checkpoint_writer=save_checkpoint)
+    accelerator, device = run.accelerator, run.device
     # data of both modes, model, EMA, optimizer
-    set_seed(cfg.seed)
     embedder = cfg.embedder if cfg.flipnet.use_embedding else None
     net = build_flipnet(cfg.flipnet, embedder=embedder)
     _check_trainable(cfg, net)
     size = net.prior_config.unet.image_size
     schedule = make_schedule(net.prior_config.schedule)
     _, pixels = load_faces(cfg.data_dir, size, split=cfg.split, limit=cfg.max_images or None,
-                           progress=main)
+                           progress=run.main)
     restore_data = SyntheticPairs(pixels, face_presets(cfg.presets, size))
-    degrade_data = PairFolder(cfg.pairs_dir, size, progress=main)
+    degrade_data = PairFolder(cfg.pairs_dir, size, progress=run.main)
     loaders = []
     for data, where in ((restore_data, cfg.data_dir), (degrade_data, cfg.pairs_dir)):
         if len(data) < cfg.batch_size:
             raise FlipnetError(f"{where}: {len(data)} pairs, fewer than one batch "
                                f"({cfg.batch_size})")
         sampler = PairSampler(len(data), seed=cfg.seed)
-        # own generator: starting an epoch (or a resumed one) leaves the global RNG alone
-        loaders.append((DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
-                                   drop_last=True, generator=torch.Generator()), sampler))
+        loaders.append((make_loader(data, sampler, cfg.batch_size), sampler))
     checksum = frozen_checksum(net)
     opt = torch.optim.AdamW(net.trainable_parameters(), lr=cfg.lr)
     # forward passes go through the prepared (DDP-wrapped) net; the unwrapped one is only read
@@ -257,80 +241,49 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     net, opt, loader_r, loader_d = accelerator.prepare(net, opt, loaders[0][0], loaders[1][0])
     trainable = [p for p in net.parameters() if p.requires_grad]
     ema = _ema_of_trainable(accelerator.unwrap_model(net), cfg.ema_decay)
-    progress = TrainProgress()
-    accelerator.register_for_checkpointing(ema, progress)
     # before the RNG states are restored: building a net draws from the global RNG
     sample_net = build_flipnet(cfg.flipnet, embedder=embedder, device=device).eval()
-    if last is not None:
-        load_checkpoint(accelerator, last)
-        if main:
-            trim_log(out / "log.jsonl", progress.step)
-    batches_r = endless_batches(accelerator, loader_r, loaders[0][1], progress.step)
-    batches_d = endless_batches(accelerator, loader_d, loaders[1][1], progress.step)
+    run.resume_or_start(ema)
+    batches_r = run.batches(loader_r, loaders[0][1])
+    batches_d = run.batches(loader_d, loaders[1][1])
     fixed_lq, _ = fixed_pairs(restore_data, cfg.sample_count, seed=cfg.seed + 1)
     _, fixed_hq = fixed_pairs(degrade_data, cfg.sample_count, seed=cfg.seed + 1)
-    gen = torch.Generator(device=device)
-    t_start, wall0 = time.time(), progress.wall_seconds
-    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="flipnet",
-               dynamic_ncols=True)
-    try:  # the bar ends its line even when a step fails, so an error prints on its own
-        while progress.step < cfg.steps:
-            step = progress.step + 1
-            lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            # both modes every step; noise is a function of (seed, step, rank)
-            gen.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + accelerator.process_index)
-            lq, hq = next(batches_r)
-            loss_r = mode_loss(net, schedule, hq, lq, "restore", gen)
-            lq_real, hq_pseudo = next(batches_d)
-            loss_d = mode_loss(net, schedule, hq_pseudo, lq_real, "degrade", gen)
-            loss = loss_r + cfg.degrade_weight * loss_d
-            check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
-                         latest_checkpoint(ckpt_root))
-            accelerator.backward(loss)
-            # also catches Inf/NaN gradients of a finite loss
-            norm = accelerator.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
-            check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(accelerator.unwrap_model(net))
-            progress.step, progress.last_loss = step, float(loss.detach())
-            progress.wall_seconds = wall0 + time.time() - t_start
-            bar.update(1)
-            r_value, d_value = float(loss_r.detach()), float(loss_d.detach())
-            bar.set_postfix(restore=f"{r_value:.4f}", degrade=f"{d_value:.4f}")
-            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-            if main and every(cfg.log_every, step):
-                append_log(out / "log.jsonl", {"step": step, "loss": progress.last_loss,
-                                               "restore": r_value, "degrade": d_value, "lr": lr,
-                                               "wall_s": round(progress.wall_seconds, 1)})
-            if main and (every(cfg.sample_every, step) or (step == cfg.steps and cfg.sample_every)):
-                ema.copy_to(sample_net)
-                restored = flipnet_restore(sample_net, fixed_lq.to(device), steps=cfg.sample_steps)
-                degraded = flipnet_degrade(sample_net, fixed_hq.to(device), steps=cfg.sample_steps)
-                save_grid(out / "samples" / f"step-{step:07d}.png",
-                          torch.cat([fixed_lq.to(device), restored, fixed_hq.to(device), degraded]),
-                          ncol=len(fixed_lq))
-            if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
-                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-            if out_of_time:
-                break
-    finally:
-        bar.close()
-    # export the EMA adapters with a model card; the prior must be untouched
-    folder = out / "flipnet"
-    if main:
-        if frozen_checksum(accelerator.unwrap_model(net)) != checksum:
-            raise FlipnetError("FLIPNET training changed the frozen prior (bug); nothing exported")
+
+    def save_samples(path: Path) -> None:
         ema.copy_to(sample_net)
-        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half an export
-            save_flipnet(tmp, sample_net)
-            card = _model_card(cfg, progress, len(restore_data), len(degrade_data), accelerator)
-            write_export_card(tmp, card, cfg)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return folder
+        restored = flipnet_restore(sample_net, fixed_lq.to(device), steps=cfg.sample_steps)
+        degraded = flipnet_degrade(sample_net, fixed_hq.to(device), steps=cfg.sample_steps)
+        save_grid(path, torch.cat([fixed_lq.to(device), restored, fixed_hq.to(device), degraded]),
+                  ncol=len(fixed_lq))
+
+    gen = torch.Generator(device=device)
+    for step in run.steps(cfg.steps, desc="flipnet", save_samples=save_samples,
+                          sample_at_end=True):
+        lr = set_lr(opt, warmup_lr(cfg.lr, step, cfg.warmup_steps))
+        # both modes every step; noise is a function of (seed, step, rank)
+        gen.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + accelerator.process_index)
+        lq, hq = next(batches_r)
+        loss_r = mode_loss(net, schedule, hq, lq, "restore", gen)
+        lq_real, hq_pseudo = next(batches_d)
+        loss_d = mode_loss(net, schedule, hq_pseudo, lq_real, "degrade", gen)
+        loss = loss_r + cfg.degrade_weight * loss_d
+        run.optimizer_step(loss, opt, trainable, step, grad_clip=cfg.grad_clip)
+        ema.update(accelerator.unwrap_model(net))
+        loss_value, r_value, d_value = (float(x.detach()) for x in (loss, loss_r, loss_d))
+        run.end_step(step, loss_value,
+                     log={"loss": loss_value, "restore": r_value, "degrade": d_value, "lr": lr},
+                     postfix={"restore": f"{r_value:.4f}", "degrade": f"{d_value:.4f}"})
+
+    # export the EMA adapters with a model card; the prior must be untouched
+    if run.main and frozen_checksum(accelerator.unwrap_model(net)) != checksum:
+        raise FlipnetError("FLIPNET training changed the frozen prior (bug); nothing exported")
+
+    def write_flipnet(tmp: Path) -> bytes:
+        ema.copy_to(sample_net)
+        save_flipnet(tmp, sample_net)
+        return _model_card(cfg, run.progress, len(restore_data), len(degrade_data), accelerator)
+
+    return run.export(write_flipnet)
 
 
 def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int, n_degrade: int,

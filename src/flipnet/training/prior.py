@@ -8,16 +8,13 @@ EMA weights are exported as a prior folder (``<out_dir>/prior``) with a model ca
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from flipnet.config import save_config
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import sample_ddim
 from flipnet.diffusion.schedules import make_schedule
@@ -27,23 +24,14 @@ from flipnet.models.unet import UNet, count_parameters
 from flipnet.training.common import (
     EMA,
     TrainProgress,
-    append_log,
-    check_finite,
-    clean_partial_outputs,
-    endless_batches,
-    every,
     hardware_name,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
     run_from_argv,
-    save_checkpoint,
-    trim_log,
-    write_export_card,
+    set_lr,
+    warmup_lr,
 )
 from flipnet.training.data import FaceFolder, ShuffleFlipSampler
+from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.viz import save_grid
-from flipnet.weights import replace_folder_atomically
 
 # settings that may change between a run and its continuation without changing the result
 RESUME_HARMLESS = ("resume", "max_minutes", "steps", "threads", "num_workers", "log_every",
@@ -105,114 +93,62 @@ def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n
 
 def train_prior(cfg: PriorTrainConfig) -> Path:
     """Train (or resume) a prior; returns the exported EMA prior folder ``<out_dir>/prior``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    # a rerun with the same settings continues from the newest complete checkpoint
-    last = resume_point(out, cfg, harmless=RESUME_HARMLESS)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum)
-    main, device = accelerator.is_main_process, accelerator.device
-    if main:
-        clean_partial_outputs(out, exports=("prior",))
-        save_config(cfg, out / "train_config.json")
-    accelerator.wait_for_everyone()
+    run = TrainingRun(cfg, export="prior", harmless=RESUME_HARMLESS, grad_accum=cfg.grad_accum)
+    accelerator, device = run.accelerator, run.device
     # data, model, EMA, optimizer
-    set_seed(cfg.seed)
     schedule = make_schedule(cfg.prior.schedule)
-    dataset = FaceFolder(cfg.data_dir, cfg.prior.unet.image_size, split=cfg.split, progress=main)
+    dataset = FaceFolder(cfg.data_dir, cfg.prior.unet.image_size, split=cfg.split,
+                         progress=run.main)
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} images, fewer than one batch "
                            f"({cfg.batch_size})")
     sampler = ShuffleFlipSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers,
-                        generator=torch.Generator())  # keeps the global RNG out of epochs
+    loader = make_loader(dataset, sampler, cfg.batch_size, num_workers=cfg.num_workers)
     model = UNet(cfg.prior.unet)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt, loader = accelerator.prepare(model, opt, loader)
-    ema, progress = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay), TrainProgress()
-    accelerator.register_for_checkpointing(ema, progress)
+    ema = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay)
     sample_model = UNet(cfg.prior.unet).to(device).eval()  # before the RNG states are restored
-    if last is not None:
-        load_checkpoint(accelerator, last)
-        if main:
-            trim_log(out / "log.jsonl", progress.step)
+    run.resume_or_start(ema)
     fixed_noise = torch.randn((cfg.sample_count, 3, cfg.prior.unet.image_size,
                                cfg.prior.unet.image_size),
                               generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
-    noise_gen = torch.Generator(device=device)
-    batches = endless_batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
-    t_start, wall0 = time.time(), progress.wall_seconds
-    smooth = progress.last_loss if progress.step else None  # the log continues smoothly
-    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="prior",
-               dynamic_ncols=True)
-    try:  # the bar ends its line even when a step fails, so an error prints on its own
-        while progress.step < cfg.steps:
-            step = progress.step + 1
-            lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            # one optimizer step = grad_accum micro-batches; noise = f(seed, step, rank)
-            for micro in range(cfg.grad_accum):
-                x0 = next(batches)
-                with accelerator.accumulate(model):
-                    noise_gen.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096
-                                          + accelerator.process_index)
-                    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=device,
-                                      generator=noise_gen)
-                    noise = torch.randn(x0.shape, device=device, generator=noise_gen)
-                    xt = schedule.q_sample(x0, t, noise)
-                    loss = F.mse_loss(model(xt, t).float(), schedule.training_target(x0, t, noise))
-                    check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
-                                 latest_checkpoint(ckpt_root))
-                    accelerator.backward(loss)
-                    # also catches Inf/NaN gradients of a finite loss
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(),
-                                                           cfg.grad_clip or float("inf"))
-                        check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-            ema.update(accelerator.unwrap_model(model))
-            loss_value = float(loss.detach())
-            smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
-            progress.step, progress.last_loss = step, smooth
-            progress.wall_seconds = wall0 + time.time() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
-            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-            if main and every(cfg.log_every, step):
-                line = {"step": step, "loss": loss_value, "loss_smooth": smooth, "lr": lr,
-                        "wall_s": round(progress.wall_seconds, 1)}
-                append_log(out / "log.jsonl", line)
-            if main and every(cfg.sample_every, step):
-                ema.copy_to(sample_model)
-                ts = sampling_timesteps(schedule.num_timesteps, str(cfg.sample_steps))
-                x = sample_ddim(lambda xt_, t_: sample_model(xt_, t_), fixed_noise, schedule, ts)
-                save_grid(out / "samples" / f"step-{step:07d}.png", x)
-            if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
-                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-            if out_of_time:
-                break
-    finally:
-        bar.close()
-    # export the EMA weights as a prior folder with a model card
-    folder = out / "prior"
-    if main:
+
+    def save_samples(path: Path) -> None:
         ema.copy_to(sample_model)
-        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half a prior
-            save_prior(tmp, sample_model, cfg.prior)
-            card = _model_card(cfg, progress, len(dataset), count_parameters(sample_model),
-                               hardware_name(accelerator))
-            write_export_card(tmp, card, cfg)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return folder
+        ts = sampling_timesteps(schedule.num_timesteps, str(cfg.sample_steps))
+        save_grid(path, sample_ddim(lambda xt, t: sample_model(xt, t), fixed_noise, schedule, ts))
+
+    noise_gen = torch.Generator(device=device)
+    batches = run.batches(loader, sampler, per_step=cfg.grad_accum)
+    for step in run.steps(cfg.steps, desc="prior", save_samples=save_samples):
+        lr = set_lr(opt, warmup_lr(cfg.lr, step, cfg.warmup_steps))
+        # one optimizer step = grad_accum micro-batches; noise = f(seed, step, rank)
+        for micro in range(cfg.grad_accum):
+            x0 = next(batches)
+            with accelerator.accumulate(model):
+                noise_gen.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096
+                                      + accelerator.process_index)
+                t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=device,
+                                  generator=noise_gen)
+                noise = torch.randn(x0.shape, device=device, generator=noise_gen)
+                xt = schedule.q_sample(x0, t, noise)
+                loss = F.mse_loss(model(xt, t).float(), schedule.training_target(x0, t, noise))
+                run.optimizer_step(loss, opt, model.parameters(), step, grad_clip=cfg.grad_clip)
+        ema.update(accelerator.unwrap_model(model))
+        loss_value = float(loss.detach())
+        smooth = run.smoothed_loss(loss_value)
+        run.end_step(step, smooth, log={"loss": loss_value, "loss_smooth": smooth, "lr": lr},
+                     postfix={"loss": f"{smooth:.4f}", "lr": f"{lr:.1e}"})
+
+    # export the EMA weights as a prior folder with a model card
+    def write_prior(tmp: Path) -> str:
+        ema.copy_to(sample_model)
+        save_prior(tmp, sample_model, cfg.prior)
+        return _model_card(cfg, run.progress, len(dataset), count_parameters(sample_model),
+                           hardware_name(accelerator))
+
+    return run.export(write_prior)
 
 
 if __name__ == "__main__":  # python -m flipnet.training.prior CONFIG.json [--resume]

@@ -4,16 +4,16 @@ Loss = l1 * L1 + pyramid * multi-scale L1 + fft * Fourier-amplitude L1 + percept
 features | LPIPS) + gan * adversarial (PatchGAN, switched on after ``gan_start`` steps); see
 ``training.losses``. Pairs are synthetic (HQ faces of the train split degraded on the fly with a
 mix of presets) or read from a ``pairs_dir`` of ``lq/`` + ``target/`` files (fine-tuning). The loop
-mirrors ``training.prior``: accumulate, clip, EMA, NaN stop, a sample grid (LQ | restored | HQ rows)
-every ``sample_every`` steps, exact-resume checkpoints, and at the end the EMA weights exported as a
-restorer folder (fp16) with a model card, sample grid and a quick PSNR/SSIM check on test faces.
+runs on ``training.harness``: accumulate, clip, EMA, NaN stop, a sample grid (LQ | restored | HQ
+rows) every ``sample_every`` steps, exact-resume checkpoints, and at the end the EMA weights
+exported as a restorer folder (fp16) with a model card, sample grid and a quick PSNR/SSIM check on
+test faces.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flipnet.config import save_config
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import to_uint8, write_bytes_atomic
 from flipnet.models.discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -36,20 +35,12 @@ from flipnet.models.restorer import (
 from flipnet.training.common import (
     EMA,
     TrainProgress,
-    append_log,
-    check_finite,
-    clean_partial_outputs,
-    endless_batches,
-    every,
     hardware_name,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
     run_from_argv,
-    save_checkpoint,
-    trim_log,
-    write_export_card,
+    set_lr,
+    warmup_lr,
 )
+from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.training.losses import (
     fft_amplitude_loss,
     gan_discriminator_loss,
@@ -68,7 +59,6 @@ from flipnet.training.pairs import (
     load_faces,
 )
 from flipnet.viz import save_grid
-from flipnet.weights import replace_folder_atomically
 
 # settings that may change between a run and its continuation without changing the result
 # ("steps" too when the learning rate does not depend on it)
@@ -155,7 +145,7 @@ def make_pairs(cfg: RestorerTrainConfig, *, progress: bool = True):
 
 def _lr_at(cfg: RestorerTrainConfig, step: int) -> float:
     """Linear warmup, then constant or cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+    lr = warmup_lr(cfg.lr, step, cfg.warmup_steps)
     if cfg.lr_schedule == "cosine" and step > cfg.warmup_steps:
         frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
         lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi
@@ -264,33 +254,17 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
 
 def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> Path:
     """Train (or resume) a restorer; returns the exported EMA folder ``<out_dir>/restorer``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    out, ckpt_root = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
-    # a rerun with the same settings continues from the newest complete checkpoint
+    # "steps" is harmless too when the learning rate does not depend on it
     harmless = RESUME_HARMLESS + (("steps",) if cfg.lr_schedule == "constant" else ())
-    last = resume_point(out, cfg, harmless=harmless)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum)
-    main, device = accelerator.is_main_process, accelerator.device
-    if main:
-        clean_partial_outputs(out, exports=("restorer",))
-        save_config(cfg, out / "train_config.json")
-    accelerator.wait_for_everyone()
+    run = TrainingRun(cfg, export="restorer", harmless=harmless, grad_accum=cfg.grad_accum)
+    accelerator, device = run.accelerator, run.device
     # data, models, losses, EMA, optimizers
-    set_seed(cfg.seed)
-    dataset = make_pairs(cfg, progress=main)
+    dataset = make_pairs(cfg, progress=run.main)
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.pairs_dir or cfg.data_dir}: {len(dataset)} training pairs, "
                            f"fewer than one batch ({cfg.batch_size})")
     sampler = PairSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers,
-                        generator=torch.Generator())  # keeps the global RNG out of epochs
+    loader = make_loader(dataset, sampler, cfg.batch_size, num_workers=cfg.num_workers)
     model = _initial_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.9),
                             weight_decay=cfg.weight_decay)
@@ -306,13 +280,9 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     perceptual = make_perceptual_loss(perceptual_kind, prior_path=cfg.prior_path,
                                       prior_t=cfg.prior_t, lpips_net=cfg.lpips_net,
                                       lpips_backbone=cfg.lpips_backbone, device=device)
-    ema, progress = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay), TrainProgress()
-    accelerator.register_for_checkpointing(ema, progress)
+    ema = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay)
     sample_model = Restorer(cfg.restorer).to(device).eval()  # before the RNG states are restored
-    if last is not None:
-        load_checkpoint(accelerator, last)
-        if main:
-            trim_log(out / "log.jsonl", progress.step)
+    run.resume_or_start(ema)
     fixed_lq, fixed_hq = fixed_pairs(dataset, cfg.sample_count, seed=cfg.seed + 1)
 
     def save_samples(path: Path) -> Path:
@@ -321,110 +291,80 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
             restored = sample_model(fixed_lq.to(device)).cpu()
         return save_grid(path, torch.cat([fixed_lq, restored, fixed_hq]), ncol=len(fixed_lq))
 
-    batches = endless_batches(accelerator, loader, sampler, progress.step * cfg.grad_accum)
-    t_start, wall0 = time.time(), progress.wall_seconds
-    smooth = progress.last_loss if progress.step else None  # the log continues smoothly
-    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not main, desc="restorer",
-               dynamic_ncols=True)
-    try:  # the bar ends its line even when a step fails, so an error prints on its own
-        while progress.step < cfg.steps:
-            step = progress.step + 1
-            lr = _lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            gan_on = use_gan and step > cfg.gan_start
-            for _ in range(cfg.grad_accum):
-                lq, hq = next(batches)
-                with accelerator.accumulate(*([model, disc] if use_gan else [model])):
-                    # restorer step: reconstruction terms (+ adversarial term once warmed up)
-                    pred = model(lq)
-                    parts = {"l1": l1_loss(pred, hq)}
-                    if cfg.pyramid_weight:
-                        parts["pyramid"] = pyramid_l1_loss(pred, hq)
-                    if cfg.fft_weight:
-                        parts["fft"] = fft_amplitude_loss(pred, hq)
-                    if perceptual is not None and cfg.perceptual_weight:
-                        parts["perceptual"] = perceptual(pred, hq)
-                    if gan_on:
-                        disc.requires_grad_(False)
-                        parts["gan_g"] = gan_generator_loss(disc(pred), cfg.gan_loss)
-                    weights = {"l1": cfg.l1_weight, "pyramid": cfg.pyramid_weight,
-                               "fft": cfg.fft_weight, "perceptual": cfg.perceptual_weight,
-                               "gan_g": cfg.gan_weight}
-                    loss = sum(weights[k] * v for k, v in parts.items())
-                    check_finite(accelerator.gather(loss.detach().reshape(1)).mean(), step,
-                                 latest_checkpoint(ckpt_root))
-                    accelerator.backward(loss)
-                    # also catches Inf/NaN gradients of a finite loss
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(),
-                                                           cfg.grad_clip or float("inf"))
-                        check_finite(norm, step, latest_checkpoint(ckpt_root), what="gradient norm")
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    # discriminator step: real HQ vs restored
-                    if gan_on:
-                        disc.requires_grad_(True)
-                        d_loss = gan_discriminator_loss(disc(hq), disc(pred.detach()), cfg.gan_loss)
-                        check_finite(d_loss.detach(), step, latest_checkpoint(ckpt_root),
-                                     what="discriminator loss")
-                        accelerator.backward(d_loss)
-                        if accelerator.sync_gradients and cfg.grad_clip:
-                            accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-                        disc_opt.step()
-                        disc_opt.zero_grad(set_to_none=True)
-                        parts["gan_d"] = d_loss
-            ema.update(accelerator.unwrap_model(model))
-            loss_value = float(loss.detach())
-            smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
-            progress.step, progress.last_loss = step, smooth
-            progress.wall_seconds = wall0 + time.time() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.1e}")
-            out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-            if main and every(cfg.log_every, step):
-                line = {"step": step, "loss": loss_value, **{k: float(v.detach())
-                                                              for k, v in parts.items()},
-                        "lr": lr, "wall_s": round(progress.wall_seconds, 1)}
-                append_log(out / "log.jsonl", line)
-            if main and every(cfg.sample_every, step):
-                save_samples(out / "samples" / f"step-{step:07d}.png")
-            if every(cfg.save_every, step) or step == cfg.steps or out_of_time:
-                save_checkpoint(accelerator, ckpt_root, step, keep=cfg.keep_checkpoints)
-            if out_of_time:
-                break
-    finally:
-        bar.close()
+    weights = {"l1": cfg.l1_weight, "pyramid": cfg.pyramid_weight, "fft": cfg.fft_weight,
+               "perceptual": cfg.perceptual_weight, "gan_g": cfg.gan_weight}
+    batches = run.batches(loader, sampler, per_step=cfg.grad_accum)
+    for step in run.steps(cfg.steps, desc="restorer", save_samples=save_samples):
+        lr = set_lr(opt, _lr_at(cfg, step))
+        gan_on = use_gan and step > cfg.gan_start
+        for _ in range(cfg.grad_accum):
+            lq, hq = next(batches)
+            with accelerator.accumulate(*([model, disc] if use_gan else [model])):
+                # restorer step: reconstruction terms (+ adversarial term once warmed up)
+                pred = model(lq)
+                parts = {"l1": l1_loss(pred, hq)}
+                if cfg.pyramid_weight:
+                    parts["pyramid"] = pyramid_l1_loss(pred, hq)
+                if cfg.fft_weight:
+                    parts["fft"] = fft_amplitude_loss(pred, hq)
+                if perceptual is not None and cfg.perceptual_weight:
+                    parts["perceptual"] = perceptual(pred, hq)
+                if gan_on:
+                    disc.requires_grad_(False)
+                    parts["gan_g"] = gan_generator_loss(disc(pred), cfg.gan_loss)
+                loss = sum(weights[k] * v for k, v in parts.items())
+                run.optimizer_step(loss, opt, model.parameters(), step, grad_clip=cfg.grad_clip)
+                # discriminator step: real HQ vs restored
+                if gan_on:
+                    disc.requires_grad_(True)
+                    d_loss = gan_discriminator_loss(disc(hq), disc(pred.detach()), cfg.gan_loss)
+                    run.check_finite(d_loss.detach(), step, what="discriminator loss")
+                    accelerator.backward(d_loss)
+                    if accelerator.sync_gradients and cfg.grad_clip:
+                        accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+                    disc_opt.step()
+                    disc_opt.zero_grad(set_to_none=True)
+                    parts["gan_d"] = d_loss
+        ema.update(accelerator.unwrap_model(model))
+        loss_value = float(loss.detach())
+        smooth = run.smoothed_loss(loss_value)
+        run.end_step(step, smooth, log={"loss": loss_value, **{k: float(v.detach())
+                                                               for k, v in parts.items()},
+                                        "lr": lr},
+                     postfix={"loss": f"{smooth:.4f}", "lr": f"{lr:.1e}"})
+
     # export the EMA weights as a restorer folder with samples, a quick check and a model card
-    folder = out / "restorer"
-    if main:
+    def write_restorer(tmp: Path) -> str:
         ema.copy_to(sample_model)
-        with replace_folder_atomically(folder) as tmp:  # a kill never leaves half a restorer
-            save_restorer(tmp, sample_model, cfg.restorer)
-            evaluation = None
-            if cfg.eval_count > 0 and not cfg.pairs_dir:
-                try:
-                    evaluation, figure = evaluate_synthetic(
-                        sample_model, cfg.data_dir, cfg.eval_presets,
-                        size=cfg.restorer.image_size, count=cfg.eval_count)
-                    write_bytes_atomic(tmp / "eval.json",
-                                       json.dumps(evaluation, indent=1).encode())
-                    shown = figure[:2]  # LQ | restored: data-set HQ images stay out of weights/
-                    save_grid(tmp / "samples.png", shown.reshape(-1, *shown.shape[2:]),
-                              ncol=shown.shape[1])
-                except FlipnetError as e:  # e.g. no test-split faces in a small folder
-                    tqdm.write(f"quick check skipped: {e}")
-            if evaluation is None:
-                save_samples(tmp / "samples.png")
-            card = _model_card(cfg, progress, n_pairs=len(dataset),
-                               n_params=count_parameters(sample_model),
-                               hardware=hardware_name(accelerator), perceptual=perceptual_kind,
-                               losses=_final_losses(out / "log.jsonl"), evaluation=evaluation,
-                               command=command)
-            write_export_card(tmp, card, cfg)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return folder
+        save_restorer(tmp, sample_model, cfg.restorer)
+        evaluation = _export_check(tmp, sample_model, cfg)
+        if evaluation is None:
+            save_samples(tmp / "samples.png")
+        return _model_card(cfg, run.progress, n_pairs=len(dataset),
+                           n_params=count_parameters(sample_model),
+                           hardware=hardware_name(accelerator), perceptual=perceptual_kind,
+                           losses=_final_losses(run.log_path), evaluation=evaluation,
+                           command=command)
+
+    return run.export(write_restorer)
+
+
+def _export_check(tmp: Path, model: Restorer, cfg: RestorerTrainConfig) -> dict | None:
+    """The quick PSNR/SSIM check of an export on test-split faces (``eval.json`` and an
+    LQ | restored ``samples.png`` in ``tmp``), or None when there is none."""
+    if cfg.eval_count <= 0 or cfg.pairs_dir:
+        return None
+    evaluation = None
+    try:
+        evaluation, figure = evaluate_synthetic(model, cfg.data_dir, cfg.eval_presets,
+                                                size=cfg.restorer.image_size,
+                                                count=cfg.eval_count)
+        write_bytes_atomic(tmp / "eval.json", json.dumps(evaluation, indent=1).encode())
+        shown = figure[:2]  # LQ | restored: data-set HQ images stay out of weights/
+        save_grid(tmp / "samples.png", shown.reshape(-1, *shown.shape[2:]), ncol=shown.shape[1])
+    except FlipnetError as e:  # e.g. no test-split faces in a small folder
+        tqdm.write(f"quick check skipped: {e}")
+    return evaluation
 
 
 if __name__ == "__main__":  # python -m flipnet.training.restorer CONFIG.json [--resume]
