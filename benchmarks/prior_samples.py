@@ -9,7 +9,10 @@ For each (sampler, steps) it draws ``--n`` faces and compares them with ``--n`` 
 - mean NIQE of samples and of the real faces (both upscaled by the same rule as ``flipnet eval``);
 - sampling speed in images per second on this machine.
 
-Writes JSON, a markdown table and a PNG grid per setting under ``--out``.
+Writes JSON, a markdown table and a PNG grid per setting under ``--out``. A setting is
+``sampler:steps`` or ``sampler:steps:n`` (its own sample count, compared with the first n real
+faces). Each finished setting is kept under ``--out/rows``, so a rerun continues where a killed
+one stopped.
 
     python benchmarks/prior_samples.py --weights weights/prior-64 --n 1000 \
         --settings ddim:10,ddim:25,ddim:50,dpmpp_2m:10,dpmpp_2m:25,ddpm:250
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,11 +52,11 @@ def feature_sets(images: np.ndarray, fid_net) -> dict[str, np.ndarray]:
 def compare(fake: dict, real: dict, seed: int) -> dict:
     """FD and KID between two feature dictionaries, per feature kind."""
     out = {}
-    for kind in fake:
+    for kind, feats in fake.items():
         rng = np.random.default_rng(seed)
-        subset = min(len(fake[kind]), len(real[kind]), 1000)
-        out[f"fd_{kind}"] = frechet_distance(fake[kind], real[kind])
-        out[f"kid_{kind}"] = kernel_inception_distance(fake[kind], real[kind], generator=rng,
+        subset = min(len(feats), len(real[kind]), 1000)
+        out[f"fd_{kind}"] = frechet_distance(feats, real[kind])
+        out[f"kid_{kind}"] = kernel_inception_distance(feats, real[kind], generator=rng,
                                                        subset_size=subset).mean
     return out
 
@@ -91,22 +95,33 @@ def main() -> None:
     rows = [{"setting": "real (held-out UTKFace)", "n": len(real_faces),
              "niqe": mean_niqe(real_faces)}]
     for setting in args.settings.split(","):
-        sampler, steps = setting.split(":")
+        sampler, steps, *rest = setting.split(":")
+        n = int(rest[0]) if rest else args.n
+        done = out / "rows" / f"{sampler}-{steps}-n{n}.json"
+        if done.is_file():  # finished in an earlier run: a rerun continues with the rest
+            rows.append(json.loads(done.read_text()))
+            continue
         t0 = time.perf_counter()
-        fake_faces = sample_prior(prior, n=args.n, steps=int(steps), sampler=sampler,
+        fake_faces = sample_prior(prior, n=n, steps=int(steps), sampler=sampler,
                                   seed=args.seed, batch_size=args.batch_size, device=args.device)
         seconds = time.perf_counter() - t0
         save_grid(out / f"{sampler}-{steps}.png", list(fake_faces[:64]), ncol=8)
-        row = {"setting": f"{sampler} {steps}", "n": args.n, "images_per_s": args.n / seconds,
-               "niqe": mean_niqe(fake_faces), **compare(feature_sets(fake_faces, fid_net), real,
+        real_n = {k: v[:n] for k, v in real.items()}
+        row = {"setting": f"{sampler} {steps}", "n": n, "images_per_s": n / seconds,
+               "load_avg": os.getloadavg()[0],
+               "niqe": mean_niqe(fake_faces), **compare(feature_sets(fake_faces, fid_net), real_n,
                                                         args.seed)}
+        done.parent.mkdir(exist_ok=True)
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row))
+        os.replace(tmp, done)
         rows.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
     meta = {"weights": args.weights, "device": args.device, "hardware": torch.cuda.get_device_name() if args.device == "cuda" else "CPU",
             "threads": torch.get_num_threads(), "real": args.real, "rows": rows}
     (out / "bench_prior.json").write_text(json.dumps(meta, indent=1))
     keys = ["setting", "n", "fd_identity", "kid_identity", "fd_lowlevel", "kid_lowlevel",
-            "niqe", "images_per_s"] + (["fd_inception"] if fid_net is not None else [])
+            "niqe", "images_per_s", "load_avg"] + (["fd_inception"] if fid_net is not None else [])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         cells = [r.get(k, "") for k in keys]

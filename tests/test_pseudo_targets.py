@@ -90,3 +90,13 @@ def test_finetune_two_steps(setup, tmp_path):
     changed = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                          base.state_dict().values()))
     assert changed
+
+
+def test_pseudo_targets_limit_spreads_over_the_sorted_list(setup, tmp_path):
+    # train files sorted: Alan_A_0, Alan_A_1, Bob_B_2, Bob_B/broken; limit 2 takes the first and
+    # the last, not the first two (which would be one person only)
+    with pytest.warns(UserWarning, match="broken.png"):
+        r = make_pseudo_targets(setup / "lfw-lq", tmp_path / "o", _cfg(setup, limit=2),
+                                progress=False)
+    assert r["count"] == 1
+    assert [p.name for p in (tmp_path / "o" / "target").iterdir()] == ["Alan_A__Alan_A_0.png"]

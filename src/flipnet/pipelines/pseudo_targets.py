@@ -46,7 +46,8 @@ class PseudoTargetConfig:
         "help": "Low-pass factor N; 0 = the paper's 16 at 512 px scaled to the prior's size."})
     seed: int = field(default=0, metadata={"help": "Seed; face i uses seed + i."})
     split: str = field(default="train", metadata={"help": "Split of SRC to use: train|test|all."})
-    limit: int = field(default=0, metadata={"help": "Use at most this many faces (0 = all)."})
+    limit: int = field(default=0, metadata={
+        "help": "Use at most this many faces, evenly spaced over the sorted list (0 = all)."})
     batch_size: int = field(default=16, metadata={"help": "Faces per batch."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps."})
     keep_restorer_detail: bool = field(default=True, metadata={
@@ -67,8 +68,8 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise FlipnetError(f"{dst}: output folder must not be the input folder or inside it")
     files = in_split(list_images(src), cfg.split)
-    if cfg.limit:
-        files = files[:cfg.limit]
+    if cfg.limit and cfg.limit < len(files):  # spread over people, not the first names A..Ab
+        files = [files[i] for i in np.linspace(0, len(files) - 1, cfg.limit).round().astype(int)]
     if not files:
         raise FlipnetError(f"{src}: no images in split {cfg.split!r}")
     device = pick_device(cfg.device)
