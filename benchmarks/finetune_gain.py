@@ -109,6 +109,7 @@ def evaluate(args) -> None:
                 grids[sname].append([load_image(p).rgb
                                      for p in sorted(cache.with_suffix("").glob("*.png"))])
             print(json.dumps(row), flush=True)
+    rows += _reference_rows(ref[:args.n])
     for sname, g in grids.items():
         save_grid(out / f"{sname}_before_after.png", [im for r in g for im in r], ncol=8)
     write_bytes_atomic(out / "finetune_gain.json", json.dumps(rows, indent=1).encode())
@@ -118,12 +119,27 @@ def evaluate(args) -> None:
     print("\n\n".join(md))
 
 
+def _reference_rows(ref: list[np.ndarray]) -> list[dict]:
+    """NIQE and BRISQUE of real HQ faces: what 'natural' scores are on these crops."""
+    from flipnet.metrics.brisque import brisque
+    from flipnet.metrics.niqe import niqe
+    from flipnet.pipelines.evaluate import _mean, for_no_reference
+
+    nr = [for_no_reference(im) for im in ref]
+    scores = {"method": f"real HQ faces (UTKFace reference, n={len(ref)})",
+              "niqe": _mean(niqe(nr)), "brisque": _mean(brisque(nr))}
+    return [{**scores, "set": "raw"}, {**scores, "set": "lfw"}]
+
+
 def _table(rows: list[dict], sname: str, keys: list[str]) -> str:
+    def cell(r, k):
+        return f"{r[k]:.4g}" if isinstance(r.get(k), float) else ""
+
     lines = ["| method | " + " | ".join(keys) + " | s/face |", "|---" * (len(keys) + 2) + "|"]
     for r in rows:
         if r["set"] == sname:
-            lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.4g}" for k in keys)
-                         + f" | {r['seconds_per_face']:.3g} |")
+            lines.append(f"| {r['method']} | " + " | ".join(cell(r, k) for k in keys)
+                         + f" | {cell(r, 'seconds_per_face')} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 Unsupervised fine-tuning (Kuai et al., WACV 2025) trains the restorer toward pseudo targets, so
 the targets must look more like real HQ faces than the restorer's own outputs while keeping the
 person. For ``--n`` unlabeled LQ faces (train split of ``--src``) and each setting
-``respaced:t0:tau`` this compares the restorer's outputs R with the pseudo targets P made from
+``respaced:t0:tau[:N]`` (N: low-pass factor, default the paper's scaled one) this compares the restorer's outputs R with the pseudo targets P made from
 them (``flipnet.pipelines.prior_restore.guided_resample``, restorer detail kept):
 
 - mean NIQE and BRISQUE (lower is better) of R and of P;
@@ -81,9 +81,9 @@ def main() -> None:
             {"images": "restorer output R", **scores(restored, lq_ids, real_low)}]
     grid = [restored[:8]]  # the LQ inputs are LFW's own images: not redistributed
     for setting in args.settings.split(","):
-        steps, t0, tau = (int(v) for v in setting.split(":"))
-        cfg = GuidedResampleConfig(respaced_steps=steps, t0=t0, tau=tau, seed=args.seed,
-                                   keep_reference_detail=True)
+        steps, t0, tau, factor = ([int(v) for v in setting.split(":")] + [0])[:4]
+        cfg = GuidedResampleConfig(respaced_steps=steps, t0=t0, tau=tau, factor=factor,
+                                   seed=args.seed, keep_reference_detail=True)
         start, targets = time.perf_counter(), []
         with torch.no_grad():
             for i in range(0, len(restored), args.batch_size):
@@ -92,7 +92,8 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / len(restored)
         targets = np.concatenate(targets)
         grid.append(targets[:8])
-        row = {"images": f"pseudo target P, {steps} steps, t0 {t0}, tau {tau}",
+        label = f"pseudo target P, {steps} steps, t0 {t0}, tau {tau}"
+        row = {"images": label + (f", N {factor}" if factor else ""),
                **scores(targets, lq_ids, real_low), "s_per_target": seconds}
         rows.append(row)
         print(json.dumps(row), flush=True)

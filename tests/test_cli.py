@@ -86,3 +86,18 @@ def test_restore_exit_codes_for_bad_inputs(tmp_path, astronaut):
         r = run(*args)
         assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_finetune_command_in_model_card_reproduces_the_config():
+    import shlex
+    from dataclasses import asdict
+
+    from flipnet.training.finetune import FinetuneConfig, finetune_command
+
+    cfg = FinetuneConfig(t0=30, tau=6, respaced_steps=50, limit=800, lr=2e-5, resume=True)
+    words = shlex.split(finetune_command(cfg))
+    assert words[:2] == ["flipnet", "finetune"]
+    r = run(*words[1:], "--dry-run")
+    assert r.returncode == 0, r.stderr
+    resolved = json.loads(r.stdout)
+    assert {k: resolved[k] for k in asdict(cfg)} == asdict(cfg)

@@ -60,8 +60,14 @@ def test_weights_sharded_fp16_round_trip(tmp_path):
 
 
 def test_weights_errors(tmp_path):
+    import stat
+
+    from flipnet.io import new_file_mode
+
     net = torch.nn.Linear(4, 4)
     save_state_dict(tmp_path, net.state_dict())
+    for f in tmp_path.iterdir():  # readable as any new file (safetensors itself writes 0600)
+        assert stat.S_IMODE(f.stat().st_mode) == new_file_mode(), f.name
     with pytest.raises(WeightsError, match="do not match"):
         load_into(torch.nn.Linear(4, 5), load_state_dict(tmp_path), "w")
     f = next(tmp_path.glob("*.safetensors"))

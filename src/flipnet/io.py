@@ -220,7 +220,7 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
             im.save(f, format=fmt, **kwargs)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except OSError as e:
         _silent_unlink(tmp)
@@ -245,7 +245,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except OSError as e:
         _silent_unlink(tmp)
@@ -266,7 +266,7 @@ def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _umask_mode() -> int:
+def new_file_mode() -> int:
     """0o666 minus the process umask: what a plain open() would give a new file."""
     mask = os.umask(0)
     os.umask(mask)

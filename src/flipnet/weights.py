@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flipnet.errors import OutputPathError, WeightsError
-from flipnet.io import write_bytes_atomic
+from flipnet.io import new_file_mode, write_bytes_atomic
 
 SHARD_BYTES = 15 * 1024 * 1024
 
@@ -58,6 +58,7 @@ def save_state_dict(folder: str | os.PathLike, state: dict[str, torch.Tensor], *
         tmp = folder / f".{name}.tmp"
         try:
             save_file(shard, str(tmp), metadata={"format": "pt"})
+            os.chmod(tmp, new_file_mode())  # safetensors creates 0600 files
             digests[name] = hashlib.sha256(tmp.read_bytes()).hexdigest()
             os.replace(tmp, folder / name)
         except (OSError, SafetensorError) as e:  # disk full, read-only folder

@@ -53,7 +53,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         restorer=cfg.restorer, prior=cfg.prior, respaced_steps=cfg.respaced_steps, t0=cfg.t0,
         tau=cfg.tau, factor=cfg.factor, seed=cfg.seed,
         split=cfg.split, limit=cfg.limit, device=cfg.device))
-    init = resolve_weights(cfg.restorer)
+    init = _portable(resolve_weights(cfg.restorer))
     from flipnet.models.restorer import load_restorer
 
     _, rcfg = load_restorer(init, device="cpu")
@@ -62,7 +62,27 @@ def finetune(cfg: FinetuneConfig) -> Path:
         base, pairs_dir=str(pseudo), out_dir=str(out / "train"), restorer=rcfg,
         init_from=str(init), lr=cfg.lr, warmup_steps=0, steps=cfg.steps,
         batch_size=cfg.batch_size, gan_weight=cfg.gan_weight, gan_start=0,
-        perceptual=cfg.perceptual, prior_path=str(resolve_weights(cfg.prior)),
+        perceptual=cfg.perceptual, prior_path=str(_portable(resolve_weights(cfg.prior))),
         max_minutes=cfg.max_minutes, seed=cfg.seed, resume=cfg.resume)
-    return train_restorer(train_cfg, command=f"flipnet finetune --restorer {cfg.restorer} "
-                                             f"--unlabeled {cfg.unlabeled}")
+    return train_restorer(train_cfg, command=finetune_command(cfg))
+
+
+def _portable(path: Path) -> Path:
+    """``path`` relative to the working directory when inside it (model cards name no home)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def finetune_command(cfg: FinetuneConfig) -> str:
+    """The ``flipnet finetune`` command line that reproduces ``cfg`` (non-default options only)."""
+    base, opts = FinetuneConfig(), []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == getattr(base, f.name) and f.name not in ("restorer", "unlabeled"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        opts.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool)
+                    else f"{flag} {value}")
+    return "flipnet finetune " + " ".join(opts)
