@@ -413,3 +413,21 @@ def test_two_gloo_processes_keep_the_adapters_in_sync(train_setup):
     steps = [json.loads(s)["step"] for s in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # one log, by the main process
     assert (out / "flipnet" / "model-00001.safetensors").is_file()
+
+
+def test_finetune_accepts_flipnet_as_the_restorer(train_setup, straight_run, tmp_path):
+    """Issue 5: unsupervised fine-tuning works for FLIPNET in restoration mode too."""
+    from flipnet.training.finetune import FinetuneConfig, finetune
+
+    root, _ = train_setup
+    start = straight_run / "flipnet"
+    folder = finetune(FinetuneConfig(
+        restorer=str(start), unlabeled=str(root / "real_lq"), split="all", out=str(tmp_path),
+        prior=str(root / "prior"), respaced_steps=20, t0=12, tau=5, steps=2, batch_size=2,
+        device="cpu"))
+    assert len(list((tmp_path / "pseudo" / "target").glob("*.png"))) == 6
+    tuned, before = load_flipnet(folder), load_flipnet(start)
+    a, b = tuned.adapter_state_dict(), before.adapter_state_dict()
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the adapters moved
+    assert f"started from `{start}`" in (folder / "MODEL_CARD.md").read_text()

@@ -56,13 +56,33 @@ class PseudoTargetConfig:
                 "(ours: otherwise targets are upsampled 64 px images and fine-tuning blurs)."})
 
 
+def is_flipnet_folder(folder: str | Path) -> bool:
+    """Whether a weights folder holds FLIPNET adapters (else a feed-forward restorer)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("_class") == "FlipNetConfig"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def open_restorer(folder: Path, *, device: str):
+    """The restorer behind the pseudo targets: a feed-forward restorer, or FLIPNET's
+    restoration mode (the paper's method works for any restorer)."""
+    from flipnet.pipelines.methods import RestorerMethod
+
+    if is_flipnet_folder(folder):
+        from flipnet.pipelines.flipnet_method import FlipNetMethod
+
+        return FlipNetMethod(folder, device=device)
+    return RestorerMethod(folder, device=device)
+
+
 def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfig, *,
                         progress: bool = True) -> dict:
     """Write (lq, target) pairs for every aligned LQ face under ``src``; returns a report."""
     from rich.progress import Progress
 
     from flipnet.models.prior import load_prior
-    from flipnet.pipelines.methods import RestorerMethod, pick_device, resolve_weights
+    from flipnet.pipelines.methods import pick_device, resolve_weights
 
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
@@ -73,7 +93,7 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
     if not files:
         raise FlipnetError(f"{src}: no images in split {cfg.split!r}")
     device = pick_device(cfg.device)
-    restorer = RestorerMethod(resolve_weights(cfg.restorer), device=str(device))
+    restorer = open_restorer(resolve_weights(cfg.restorer), device=str(device))
     prior = load_prior(resolve_weights(cfg.prior), device)
     trained_steps = prior.schedule.num_timesteps
     if cfg.respaced_steps > trained_steps:

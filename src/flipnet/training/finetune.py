@@ -1,7 +1,9 @@
 """Unsupervised fine-tuning with a diffusion prior (Kuai et al., WACV 2025): make pseudo targets
 for unlabeled real LQ faces, then fine-tune the restorer on (LQ, pseudo target) pairs with
 L1 + perceptual + GAN at a small learning rate. Inference cost is unchanged: the output is an
-ordinary restorer weights folder.
+ordinary restorer weights folder. A FLIPNET folder can be the restorer too: its restoration mode
+makes the pseudo targets' starting points and its adapters are fine-tuned with its own diffusion
+loss on the same pairs (restore: LQ -> target; degrade: target -> real LQ).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 class FinetuneConfig:
     """Settings of ``flipnet finetune``."""
 
-    restorer: str = field(default="restorer-128", metadata={"help": "Restorer to fine-tune."})
+    restorer: str = field(default="restorer-128", metadata={
+        "help": "Restorer to fine-tune: a fast-restorer or a FLIPNET weights folder."})
     unlabeled: str = field(default="out/prepared/lfw-128", metadata={
         "help": "Aligned unlabeled real LQ faces."})
     split: str = field(default="train", metadata={"help": "Split of --unlabeled to use."})
@@ -44,7 +47,11 @@ class FinetuneConfig:
 def finetune(cfg: FinetuneConfig) -> Path:
     """Pseudo targets (resumable) then fine-tuning; returns the exported restorer folder."""
     from flipnet.pipelines.methods import resolve_weights
-    from flipnet.pipelines.pseudo_targets import PseudoTargetConfig, make_pseudo_targets
+    from flipnet.pipelines.pseudo_targets import (
+        PseudoTargetConfig,
+        is_flipnet_folder,
+        make_pseudo_targets,
+    )
     from flipnet.training.restorer import RestorerTrainConfig, train_restorer
 
     out = Path(cfg.out)
@@ -54,6 +61,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         tau=cfg.tau, factor=cfg.factor, seed=cfg.seed,
         split=cfg.split, limit=cfg.limit, device=cfg.device))
     init = _portable(resolve_weights(cfg.restorer))
+    if is_flipnet_folder(init):
+        return _finetune_flipnet(cfg, init, pseudo)
     from flipnet.models.restorer import load_restorer
 
     _, rcfg = load_restorer(init, device="cpu")
@@ -65,6 +74,23 @@ def finetune(cfg: FinetuneConfig) -> Path:
         perceptual=cfg.perceptual, prior_path=str(_portable(resolve_weights(cfg.prior))),
         max_minutes=cfg.max_minutes, seed=cfg.seed, resume=cfg.resume)
     return train_restorer(train_cfg, command=finetune_command(cfg))
+
+
+def _finetune_flipnet(cfg: FinetuneConfig, folder: Path, pseudo: Path) -> Path:
+    """FLIPNET as the restorer: its own diffusion loss on the pseudo pairs in both modes
+    (restore: LQ -> pseudo target; degrade: pseudo target -> real LQ), from its adapters."""
+    from flipnet.config import load_config
+    from flipnet.models.flipnet import FlipNetConfig, resolve_prior
+    from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
+
+    fcfg = load_config(FlipNetConfig, folder / "config.json")
+    fcfg = dataclasses.replace(fcfg, prior=str(_portable(resolve_prior(folder, fcfg.prior))))
+    return train_flipnet(FlipNetTrainConfig(
+        split="all", real_lq_dir=str(pseudo / "lq"), pairs_dir=str(pseudo),
+        restore_pairs_dir=str(pseudo), pseudo_restorer=str(folder), out_dir=str(Path(cfg.out) /
+        "train"), flipnet=fcfg, embedder=None, init_from=str(folder), lr=cfg.lr, warmup_steps=0,
+        steps=cfg.steps, batch_size=cfg.batch_size, max_minutes=cfg.max_minutes, seed=cfg.seed,
+        resume=cfg.resume))
 
 
 def _portable(path: Path) -> Path:

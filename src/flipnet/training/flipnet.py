@@ -22,6 +22,7 @@ adapters are exported to ``<out_dir>/flipnet``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from flipnet.io import (
     to_tensor,
     to_uint8,
 )
-from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, save_flipnet
+from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
 from flipnet.splits import in_split
 from flipnet.training.common import (
     EMA,
@@ -90,6 +91,11 @@ class FlipNetTrainConfig:
     flipnet: FlipNetConfig = field(default_factory=FlipNetConfig)
     embedder: str | None = field(default="out/embedder-64/embedder",
                                  metadata=_h("trained face-embedder folder (stages I/II)"))
+    init_from: str | None = field(default=None, metadata=_h(
+        "FLIPNET folder whose adapters and embedder start the run (fine-tuning)"))
+    restore_pairs_dir: str | None = field(default=None, metadata=_h(
+        "lq/ + target/ pairs for restore mode instead of synthetic pairs from data_dir "
+        "(fine-tuning on pseudo targets)"))
     presets: tuple[str, ...] = field(default=("gfpgan", "codeformer", "difface"),
                                      metadata=_h("naive presets mixed in restore mode"))
     max_images: int = field(default=0, metadata=_h("use at most N faces per mode; 0 = all"))
@@ -199,6 +205,15 @@ def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
                           "gradient; train with phi > 0 or use_boosthub = false")
 
 
+def _init_adapters(net: FlipNet, cfg: FlipNetTrainConfig) -> None:
+    """Start from a trained FLIPNET folder (same FlipNetConfig but for where the prior is)."""
+    start = load_flipnet(cfg.init_from, prior=cfg.flipnet.prior)
+    if dataclasses.replace(start.config, prior=cfg.flipnet.prior) != cfg.flipnet:
+        raise ConfigError(f"{cfg.init_from}: its FlipNetConfig differs from this run's flipnet "
+                          "settings")
+    net.load_state_dict(start.adapter_state_dict(), strict=False)
+
+
 def _prepare_pairs(cfg: FlipNetTrainConfig) -> None:
     """The degradation mode's (real LQ, pseudo HQ) pairs, made once (a pair killed mid-write is
     simply made again)."""
@@ -218,17 +233,24 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                       checkpoint_writer=save_checkpoint)
     accelerator, device = run.accelerator, run.device
     # data of both modes, model, EMA, optimizer
-    embedder = cfg.embedder if cfg.flipnet.use_embedding else None
+    embedder = cfg.embedder if cfg.flipnet.use_embedding and not cfg.init_from else None
     net = build_flipnet(cfg.flipnet, embedder=embedder)
+    if cfg.init_from:  # its embedder encoders are part of the adapter state
+        _init_adapters(net, cfg)
     _check_trainable(cfg, net)
     size = net.prior_config.unet.image_size
     schedule = make_schedule(net.prior_config.schedule)
-    _, pixels = load_faces(cfg.data_dir, size, split=cfg.split, limit=cfg.max_images or None,
-                           progress=run.main)
-    restore_data = SyntheticPairs(pixels, face_presets(cfg.presets, size))
+    if cfg.restore_pairs_dir:
+        restore_data, restore_where = (PairFolder(cfg.restore_pairs_dir, size, progress=run.main),
+                                       cfg.restore_pairs_dir)
+    else:
+        _, pixels = load_faces(cfg.data_dir, size, split=cfg.split,
+                               limit=cfg.max_images or None, progress=run.main)
+        restore_data = SyntheticPairs(pixels, face_presets(cfg.presets, size))
+        restore_where = cfg.data_dir
     degrade_data = PairFolder(cfg.pairs_dir, size, progress=run.main)
     loaders = []
-    for data, where in ((restore_data, cfg.data_dir), (degrade_data, cfg.pairs_dir)):
+    for data, where in ((restore_data, restore_where), (degrade_data, cfg.pairs_dir)):
         if len(data) < cfg.batch_size:
             raise FlipnetError(f"{where}: {len(data)} pairs, fewer than one batch "
                                f"({cfg.batch_size})")
@@ -289,9 +311,12 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
 def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int, n_degrade: int,
                 accelerator) -> bytes:
     f = cfg.flipnet
+    restore = (f"`{cfg.restore_pairs_dir}` ({n_restore} (LQ, target) pairs)"
+               if cfg.restore_pairs_dir else f"`{cfg.data_dir}` ({n_restore} HQ faces, split "
+               f"{cfg.split}), LQ by presets {', '.join(cfg.presets)}")
+    start = f"\n- started from `{cfg.init_from}`" if cfg.init_from else ""
     return (f"# FLIPNET adapters on `{f.prior}`\n\n"
-            f"- restore mode: `{cfg.data_dir}` ({n_restore} HQ faces, split {cfg.split}), LQ by "
-            f"presets {', '.join(cfg.presets)}\n- degrade mode: {n_degrade} real LQ faces of "
+            f"- restore mode: {restore}{start}\n- degrade mode: {n_degrade} real LQ faces of "
             f"`{cfg.real_lq_dir}` with pseudo HQ by `{cfg.pseudo_restorer}`\n"
             f"- adapters: BoostHub {f.use_boosthub} (phi {f.phi}), LoRA {f.use_lora} (rank "
             f"{f.lora_rank}, alpha {f.lora_alpha}), face embedding {f.use_embedding} "
