@@ -154,6 +154,16 @@ def save_config(cfg, path: str | os.PathLike) -> Path:
     return write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
+def folder_config_class(folder: str | os.PathLike) -> str | None:
+    """The ``_class`` that ``folder/config.json`` names (which kind of weights folder it is);
+    None when the file is absent or unreadable."""
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("_class") if isinstance(data, dict) else None
+
+
 def load_config(cls, path: str | os.PathLike):
     """Read a JSON config written by ``save_config`` into dataclass ``cls``."""
     try:

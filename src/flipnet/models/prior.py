@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flipnet.config import config_from_dict, save_config
+from flipnet.config import config_from_dict, folder_config_class, save_config
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.unet import UNet, UNetConfig
 from flipnet.weights import load_into, load_state_dict, save_state_dict
@@ -76,13 +76,7 @@ def save_prior(folder: str | os.PathLike, model: nn.Module, cfg: PriorConfig) ->
 
 
 def _is_flipnet_folder(folder: Path) -> bool:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("_class") == "PriorConfig"
-    except (ValueError, OSError, AttributeError):
-        return False
+    return folder_config_class(folder) == "PriorConfig"
 
 
 def _load_flipnet(folder: Path, device) -> Prior:

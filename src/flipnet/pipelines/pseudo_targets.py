@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flipnet.config import folder_config_class
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import (
     BatchLog,
@@ -58,22 +59,16 @@ class PseudoTargetConfig:
 
 def is_flipnet_folder(folder: str | Path) -> bool:
     """Whether a weights folder holds FLIPNET adapters (else a feed-forward restorer)."""
-    try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("_class") == "FlipNetConfig"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder_config_class(folder) == "FlipNetConfig"
 
 
 def open_restorer(folder: Path, *, device: str):
     """The restorer behind the pseudo targets: a feed-forward restorer, or FLIPNET's
     restoration mode (the paper's method works for any restorer)."""
-    from flipnet.pipelines.methods import RestorerMethod
+    from flipnet.pipelines.methods import make_method
 
-    if is_flipnet_folder(folder):
-        from flipnet.pipelines.flipnet_method import FlipNetMethod
-
-        return FlipNetMethod(folder, device=device)
-    return RestorerMethod(folder, device=device)
+    return make_method("flipnet" if is_flipnet_folder(folder) else "restorer", str(folder),
+                       device=device)
 
 
 def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfig, *,
