@@ -39,14 +39,14 @@ def _utk_test(folder: str, seed: int) -> list[Path]:
 def build_raw_sets(args) -> None:
     """Unlabeled RAW-degraded faces, a RAW test set with ground truth, and the HQ reference."""
     from flipnet.degradations.pipeline import degrade_images
-    from flipnet.degradations.presets import get_preset, rescale_blur
+    from flipnet.degradations.presets import preset_for_size
 
     files = _utk_test(args.utkface, args.seed)
     if len(files) < args.n_finetune + args.n_test + 50:
         raise SystemExit(f"{args.utkface}: only {len(files)} test-split faces")
     out = Path(args.out)
     hq = np.stack([load_image(p).rgb for p in files])
-    cfg = rescale_blur(get_preset("raw"), hq.shape[1])
+    cfg = preset_for_size("raw", hq.shape[1])
     with torch.no_grad():
         lq = to_uint8(degrade_images(to_tensor(hq), cfg, seed=args.seed)[0])
     a, b = args.n_finetune, args.n_finetune + args.n_test

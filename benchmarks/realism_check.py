@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from flipnet.degradations.pipeline import degrade_images
-from flipnet.degradations.presets import get_preset, rescale_blur
+from flipnet.degradations.presets import preset_for_size
 from flipnet.io import list_images, load_image, to_tensor, to_uint8, write_bytes_atomic
 from flipnet.metrics.brisque import brisque
 from flipnet.metrics.frechet import frechet_distance, kernel_inception_distance
@@ -42,7 +42,7 @@ def load_sample(folder: Path, count: int, seed: int) -> np.ndarray:
 
 def degrade_set(images: np.ndarray, preset: str, seed: int, *, batch: int = 50) -> np.ndarray:
     """Degrade uint8 images with a preset whose blur is rescaled to their size (per-image seeds)."""
-    cfg = rescale_blur(get_preset(preset), images.shape[1])
+    cfg = preset_for_size(preset, images.shape[1])
     out = [to_uint8(degrade_images(to_tensor(images[i:i + batch]), cfg, seed=seed, start=i)[0])
            for i in tqdm(range(0, len(images), batch), desc=f"degrade ({preset})", leave=False)]
     return np.concatenate(out)

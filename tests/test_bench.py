@@ -31,7 +31,7 @@ def _fake_data(tmp_path, astronaut):
 def test_bench_end_to_end(tmp_path, astronaut):
     cfg = _fake_data(tmp_path, astronaut)
     sets = build_sets(cfg)
-    assert set(sets) == {"gfpgan", "codeformer", "raw", "lfw-real", "_ref"}
+    assert set(sets) == {"gfpgan", "codeformer", "raw", "small", "lfw-real", "_ref"}
     lq_file = sorted((tmp_path / "work" / "sets" / "codeformer" / "lq").iterdir())[0]
     before = lq_file.read_bytes()
     build_sets(cfg)  # reuse: sets are not re-made
@@ -50,6 +50,11 @@ def test_bench_end_to_end(tmp_path, astronaut):
         assert (tmp_path / "docs" / "bench" / png).stat().st_size > 1000
     saved = json.loads((tmp_path / "docs" / "bench" / "results.json").read_text())
     assert saved["methods"]["input"]["sets"]["lfw-real"]["identity_cos"] > 0.99
+    # the ground truth's own no-reference scores are the reference row of each synthetic table
+    assert set(saved["ground_truth"]) == {"gfpgan", "codeformer", "raw", "small"}
+    assert "| *ground truth (reference)* |" in md
+    small = res["methods"]["input"]["sets"]["small"]
+    assert small["psnr"] < res["methods"]["input"]["sets"]["gfpgan"]["psnr"]  # 16-64 px faces
 
 
 def test_bench_rerun_reuses_finished_results_and_redoes_lost_ones(tmp_path, astronaut, monkeypatch):
@@ -59,7 +64,7 @@ def test_bench_rerun_reuses_finished_results_and_redoes_lost_ones(tmp_path, astr
     first = run_bench(cfg, progress=False)
     done = tmp_path / "work" / "done"
     assert sorted(p.name for p in (done / "bicubic").iterdir()) == [
-        "codeformer.json", "gfpgan.json", "lfw-real.json", "raw.json"]
+        "codeformer.json", "gfpgan.json", "lfw-real.json", "raw.json", "small.json"]
     (done / "bicubic" / "raw.json").unlink()  # as if killed before this set finished
     calls = []
     real_score = bench.score
@@ -72,7 +77,7 @@ def test_bench_rerun_reuses_finished_results_and_redoes_lost_ones(tmp_path, astr
     changed = dataclasses.replace(cfg, seed=1)  # other settings: nothing is reused
     calls.clear()
     run_bench(changed, progress=False)
-    assert len(calls) == 8
+    assert len(calls) == 10
 
 
 @pytest.mark.slow

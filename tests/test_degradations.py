@@ -27,7 +27,13 @@ from flipnet.degradations.pipeline import (
     degrade_images,
     sample_params,
 )
-from flipnet.degradations.presets import PRESETS, get_preset, raw_preset, rescale_blur
+from flipnet.degradations.presets import (
+    PRESETS,
+    get_preset,
+    preset_for_size,
+    raw_preset,
+    scale_to_face,
+)
 from flipnet.degradations.resize import ResizeConfig
 from flipnet.errors import ConfigError, OutputPathError
 from flipnet.io import load_image, save_image, to_tensor
@@ -214,10 +220,43 @@ def test_color_stage_gray_and_shift():
     assert apply_color(x, p).shape == x.shape
 
 
-def test_rescale_blur_scales_sigma_and_kernel_only():
-    cfg = rescale_blur(get_preset("gfpgan"), 128)
-    assert cfg.blur.kernel_size == 11 and cfg.blur.sigma[1] == pytest.approx(2.5)
-    assert cfg.resize == get_preset("gfpgan").resize
+def test_presets_scale_sigma_and_r_with_face_size():
+    published = get_preset("codeformer")
+    at128 = preset_for_size("codeformer", 128)
+    assert at128.blur.kernel_size == 11 and at128.blur.sigma == pytest.approx((0.25, 3.75))
+    assert at128.resize.scale == pytest.approx((1.0, 7.5)) and at128.resize.min_scale == 1.0
+    assert at128.noise == published.noise and at128.jpeg == published.jpeg
+    assert preset_for_size("codeformer", 512) == published  # 512 px: the published ranges
+    # each drawn r at 128 px is the 512 px draw times 1/4, floored at 1
+    for seed in range(40):
+        r512 = sample_params(published, seed)["resize"]["scale"]
+        r128 = sample_params(at128, seed)["resize"]["scale"]
+        assert r128 == pytest.approx(max(1.0, r512 / 4))
+    gfp = preset_for_size("gfpgan", 128)  # r in [0.8, 8] -> [0.2, 2], never enlarging
+    assert min(sample_params(gfp, s)["resize"]["scale"] for s in range(40)) == 1.0
+
+
+def test_unscaled_presets_keep_the_published_ranges():
+    cfg = preset_for_size("gfpgan-unscaled", 128)
+    assert cfg.blur == get_preset("gfpgan").blur and cfg.resize == get_preset("gfpgan").resize
+    with pytest.raises(ConfigError, match="unscaled"):
+        get_preset("gfpgan-512")
+
+
+def test_scaled_preset_keeps_the_information_of_a_512_pair():
+    """A 128 px face degraded with the scaled preset is close to the 512 px degradation shrunk
+    to 128 px; the unscaled one (r as published) is much blurrier."""
+    g = torch.Generator().manual_seed(0)
+    hq512 = F.interpolate(torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, size=512,
+                          mode="bicubic").clamp(-1, 1)
+    hq128 = F.interpolate(hq512, size=128, mode="area")
+    base = dataclasses.replace(get_preset("codeformer"), noise=None, jpeg=None)
+    errs = {"scaled": [], "unscaled": []}
+    for seed in range(6):
+        ref = F.interpolate(degrade_images(hq512, base, seed=seed)[0], size=128, mode="area")
+        for name, cfg in (("scaled", scale_to_face(base, 128)), ("unscaled", base)):
+            errs[name].append(float((degrade_images(hq128, cfg, seed=seed)[0] - ref).abs().mean()))
+    assert np.mean(errs["scaled"]) < 0.5 * np.mean(errs["unscaled"])
 
 
 def test_wrong_input_shape_is_a_clear_error():

@@ -118,13 +118,13 @@ def test_image_wrappers_use_the_extractor(astronaut):
 def _utkface_halves_and_degraded(shared_data, n: int, seed: int):
     """n + n UTKFace faces (seeded draw) and the second half degraded with the codeformer preset."""
     from flipnet.degradations.pipeline import degrade_images
-    from flipnet.degradations.presets import get_preset, rescale_blur
+    from flipnet.degradations.presets import preset_for_size
     from flipnet.io import list_images, load_image, to_tensor, to_uint8
 
     files = list_images(shared_data / "utkface")
     pick = np.random.default_rng(seed).choice(len(files), 2 * n, replace=False)
     ims = np.stack([load_image(files[i]).rgb for i in pick])
-    cfg = rescale_blur(get_preset("codeformer"), ims.shape[1])
+    cfg = preset_for_size("codeformer", ims.shape[1])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-image ops: extra threads on a shared CPU only cost time
     try:

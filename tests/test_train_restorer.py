@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from flipnet.config import load_config, save_config
 from flipnet.degradations.color import ColorConfig
+from flipnet.degradations.face_size import FaceSizeConfig
 from flipnet.degradations.pipeline import DegradationConfig
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import load_image, save_image
@@ -26,7 +27,7 @@ from flipnet.training.pairs import (
     fixed_pairs,
     load_faces,
 )
-from flipnet.training.restorer import RestorerTrainConfig, train_restorer
+from flipnet.training.restorer import RestorerTrainConfig, make_pairs, train_restorer
 
 TINY = RestorerConfig(image_size=32, width=8, enc_blocks=(1, 1), middle_blocks=1,
                       dec_blocks=(1, 1))
@@ -207,3 +208,30 @@ def test_train_config_round_trips_through_json(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     assert load_config(RestorerTrainConfig, tmp_path / "c.json") == cfg
     assert all("help" in f.metadata for f in dataclasses.fields(RestorerTrainConfig))
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_validation_curve_on_held_in_faces_with_small_faces(faces, tmp_path):
+    cfg = _cfg(faces, tmp_path / "run", steps=4, sample_every=2, val_count=4, gan_weight=0.0,
+               small_faces=FaceSizeConfig(prob=0.5, size=(8, 24)))
+    train_restorer(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "val.jsonl").open()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(10 < r["psnr_lq"] < 60 and r["psnr"] > 5 for r in rows)
+    assert "psnr_clean" not in rows[0]  # no undegraded pairs in this run
+    assert (tmp_path / "run" / "restorer" / "val_curve.png").is_file()
+    assert rows[0]["psnr_lq"] == rows[1]["psnr_lq"]  # the same fixed held-in pairs each time
+    train, val = make_pairs(cfg, progress=False)
+    assert len(val) == 4 and len(train) == 17 - 4  # 17 readable train-split faces
+    with pytest.raises(FlipnetError, match="val_count"):
+        make_pairs(RestorerTrainConfig(**{**cfg.__dict__, "val_count": 17}), progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_identity_term_is_logged_and_named_in_the_card(faces, tmp_path):
+    folder = train_restorer(_cfg(faces, tmp_path / "run", steps=2, identity_weight=0.5,
+                                 gan_weight=0.0))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert all(0.0 <= x["identity"] < 1.0 for x in log) and len(log) == 2
+    assert "identity (1 - cos, torch port of dlib's ResNet) x0.5" in (
+        folder / "MODEL_CARD.md").read_text()

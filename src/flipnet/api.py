@@ -119,10 +119,9 @@ class Degrader:
             folder = resolve_weights(weights or DEFAULT_WEIGHTS["flipnet"])
             self.net = load_flipnet(folder, prior=None, device=pick_device(device))
             return
-        from flipnet.degradations.presets import get_preset, rescale_blur
+        from flipnet.degradations.presets import get_preset, preset_for_size
 
-        cfg = get_preset(preset)
-        self.cfg = rescale_blur(cfg, face_size) if face_size and face_size < 512 else cfg
+        self.cfg = preset_for_size(preset, face_size) if face_size else get_preset(preset)
 
     def degrade(self, image):
         """Degrade one image; returns (LQ of the same type, the sampled parameters / settings)."""

@@ -68,11 +68,10 @@ def degrade(src, dst, method, dry_run, **kwargs) -> None:
 
         click.echo(flipnet_degrade_folder(src, dst, cfg).summary())
         return
-    from flipnet.degradations.presets import get_preset, rescale_blur
+    from flipnet.degradations.presets import get_preset, preset_for_size
 
-    # the published ranges are for 512 px faces: shrink the blur with the face size
-    preset = rescale_blur(get_preset(cfg.preset), cfg.size) if cfg.size and cfg.size < 512 \
-        else cfg.preset
+    # the published ranges are for 512 px faces: scale blur and r with the face size
+    preset = preset_for_size(cfg.preset, cfg.size) if cfg.size else get_preset(cfg.preset)
     report = degrade_folder(src, dst, preset=preset, seed=cfg.seed, size=cfg.size,
                             batch_size=cfg.batch_size, progress=cfg.progress)
     click.echo(report.summary() if hasattr(report, "summary") else report)
@@ -107,11 +106,19 @@ def eval_(dry_run, **kwargs) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", type=click.Path(), required=True, help="Output folder.")
 @click.option("--method", default="restorer",
-              type=click.Choice(["restorer", "finetuned", "prior", "flipnet", "bicubic", "input"]),
+              type=click.Choice(["restorer", "finetuned", "prior", "flipnet", "bicubic", "classical",
+                                 "input"]),
               help="Restoration method.")
 @click.option("--weights", default=None, help="Weights folder (default: the shipped one).")
 @click.option("--upscale", default=1.0, help="Upscale the whole photo (background: Lanczos).")
-@click.option("--aligned", is_flag=True, help="Inputs are already aligned face crops.")
+@click.option("--aligned", "--has_aligned", "aligned", is_flag=True,
+              help="Inputs are already aligned face crops (see --framing).")
+@click.option("--framing", default="ffhq", type=click.Choice(["ffhq", "flipnet"]),
+              help="--aligned crops are: ffhq (the field's 512 px FFHQ-aligned crops, output in "
+                   "the same framing) or flipnet (flipnet's own tight UTKFace-style crops).")
+@click.option("--keep-detail/--no-keep-detail", default=True,
+              help="Paste a face only where restoration changed it, so a sharp face keeps its "
+                   "own detail (see docs/BENCHMARKS.md, 'Do no harm').")
 @click.option("--only-center-face", is_flag=True, help="Restore only the face nearest the centre.")
 @click.option("--fidelity", default=0.5, help="0 = more detail ... 1 = more faithful to the input "
               "(diffusion methods; ignored by the feed-forward restorer).")
@@ -122,14 +129,15 @@ def eval_(dry_run, **kwargs) -> None:
 @click.option("--batch-size", default=16, help="Faces per forward pass.")
 @click.option("--ext", default="auto", help="Output extension: auto (same as input), png, jpg...")
 @click.option("--detector", default="hog", type=click.Choice(["hog", "cnn"]), help="Face detector.")
-def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fidelity, steps, seed,
-            device, batch_size, ext, detector) -> None:
+def restore(inputs, out, method, weights, upscale, aligned, framing, keep_detail, only_center_face,
+            fidelity, steps, seed, device, batch_size, ext, detector) -> None:
     """Restore the faces in photos and videos (files or folders) into GFPGAN's output layout.
 
     Videos (mp4 mov mkv avi webm m4v) go to OUT/restored_videos/NAME.mp4 with their audio.
     Exit status: 0 all done, 1 some inputs skipped (each named on stderr), 2 error.
     Under `accelerate launch --num_processes N` the inputs are split across the processes.
     """
+    from flipnet.faces.keep_detail import KeepDetailConfig
     from flipnet.io import list_images
     from flipnet.pipelines.methods import make_method
     from flipnet.pipelines.restore import distributed_state, restore_files
@@ -145,10 +153,13 @@ def restore(inputs, out, method, weights, upscale, aligned, only_center_face, fi
     m = make_method(method, weights, device=device, batch_size=batch_size, steps=steps,
                     seed=seed, fidelity=fidelity)
     settings = {"method": method, "weights": weights, "upscale": upscale, "aligned": aligned,
+                "framing": framing, "keep_detail": keep_detail,
                 "only_center_face": only_center_face, "fidelity": fidelity, "steps": steps,
                 "seed": seed, "device": device, "batch_size": batch_size, "detector": detector}
     report = restore_files(files, Path(out), m, ext=ext, settings=settings, upscale=upscale,
-                           aligned=aligned, only_center_face=only_center_face, detector=detector)
+                           aligned=aligned, framing=framing,
+                           keep_detail=KeepDetailConfig() if keep_detail else None,
+                           only_center_face=only_center_face, detector=detector)
     if state is not None and not state.is_main_process:
         return
     faces = sum(v.get("faces", 0) for v in report["images"].values())

@@ -51,3 +51,30 @@ def side_by_side(*images: np.ndarray, pad: int = 4) -> np.ndarray:
 def save_grid(path: str | os.PathLike, images, **kwargs) -> Path:
     """Write ``make_grid(images)`` as a PNG (atomically)."""
     return save_image(path, make_grid(images, **kwargs))
+
+
+def save_curve(path: str | os.PathLike, steps, series: dict[str, list[float]], *,
+               xlabel: str = "step", ylabel: str = "", title: str = "") -> Path:
+    """A line plot of each named series over ``steps`` as a PNG (atomically)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flipnet.io import write_bytes_atomic
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, values in series.items():
+        ax.plot(steps, values, label=name, marker="." if len(steps) < 40 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(Path(path), buf.getvalue())

@@ -14,6 +14,11 @@ All three face presets use BasicSR's blur (kernel size 41, 'iso'/'aniso' with pr
   * raw         camera RAW pipeline (``raw.py``) at a fixed ISO (default 3200), no read-noise
                 jitter (the ISO alone sets the noise level), then down-sampling by r in [1, 4]
                 (bilinear, bicubic or area) and bilinear up-sampling.
+
+The ranges are those of 512 px faces. ``preset_for_size`` scales blur sigma and the
+down-sampling factor r by size / 512 (r floored at 1) for smaller faces, so a 128 px pair
+carries the information of the papers' 512 px pair; ``NAME-unscaled`` keeps the published
+numbers at any size.
 """
 
 from __future__ import annotations
@@ -75,29 +80,50 @@ def raw_preset(*, iso: float = DEFAULT_RAW_ISO) -> DegradationConfig:
                             down_probs=(1.0, 1.0, 1.0), up_mode="bilinear"))
 
 
-def rescale_blur(cfg: DegradationConfig, size: int, *, reference: int = 512) -> DegradationConfig:
-    """The same degradation relative to the face for ``size`` px images instead of ``reference``.
+def scale_to_face(cfg: DegradationConfig, size: int, *, reference: int = 512) -> DegradationConfig:
+    """The same degradation relative to the face for ``size`` px faces instead of ``reference``.
 
     The published ranges are for 512 px faces. Blur sigma (and the kernel size) are in pixels,
-    so they scale by size / reference; the down-sampling factor, noise and JPEG act on the
-    already shrunk image and are resolution-free, so they stay.
+    and so is the down-sampling factor r: a 512 px face shrunk by r keeps 512 / r pixels of
+    detail, so a ``size`` px face keeps the same information when shrunk by r * size / 512.
+    Both scale by size / reference; each drawn r is floored at 1 (a face is never enlarged
+    before the noise), noise and JPEG stay as published. Faces of ``reference`` px or more
+    get the published ranges unchanged.
     """
-    if cfg.blur is None:
+    if size >= reference:
         return cfg
     f = size / reference
-    k = max(3, round(cfg.blur.kernel_size * f) | 1)  # nearest odd size, at least 3
-    blur = dataclasses.replace(cfg.blur, kernel_size=k,
-                               sigma=(max(cfg.blur.sigma[0] * f, 1e-3), cfg.blur.sigma[1] * f))
-    return dataclasses.replace(cfg, blur=blur, name=f"{cfg.name}@{size}")
+    blur, resize = cfg.blur, cfg.resize
+    if blur is not None:
+        k = max(3, round(blur.kernel_size * f) | 1)  # nearest odd size, at least 3
+        blur = dataclasses.replace(blur, kernel_size=k,
+                                   sigma=(max(blur.sigma[0] * f, 1e-3), blur.sigma[1] * f))
+    if resize is not None and cfg.raw is None:  # the raw preset's r is not a face-size range
+        resize = dataclasses.replace(resize, scale=(resize.scale[0] * f, resize.scale[1] * f),
+                                     min_scale=1.0)
+    return dataclasses.replace(cfg, blur=blur, resize=resize, name=f"{cfg.name}@{size}")
 
 
 PRESETS = {"gfpgan": gfpgan_preset, "codeformer": codeformer_preset,
            "difface": difface_preset, "raw": raw_preset}
+UNSCALED = "-unscaled"  # suffix: the published 512 px ranges applied at any face size
 
 
 def get_preset(name: str) -> DegradationConfig:
-    """The preset called ``name`` (one of ``PRESETS``), or ``ConfigError`` listing them."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown degradation preset {name!r}; "
-                          f"choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+    """The preset called ``name`` (one of ``PRESETS``, optionally with ``-unscaled``), or
+    ``ConfigError`` listing them. The config holds the published (512 px) ranges."""
+    base = name[: -len(UNSCALED)] if name.endswith(UNSCALED) else name
+    if base not in PRESETS:
+        raise ConfigError(f"unknown degradation preset {name!r}; choose one of: "
+                          f"{', '.join(PRESETS)} (or NAME{UNSCALED} for the 512 px ranges at "
+                          "any size)")
+    return PRESETS[base]()
+
+
+def preset_for_size(name: str, size: int) -> DegradationConfig:
+    """Preset ``name`` for ``size`` px faces: scaled by ``scale_to_face`` unless it ends in
+    ``-unscaled`` (then the published ranges are used as they are)."""
+    cfg = get_preset(name)
+    if name.endswith(UNSCALED):
+        return dataclasses.replace(cfg, name=name)
+    return scale_to_face(cfg, size)

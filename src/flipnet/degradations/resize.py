@@ -37,6 +37,7 @@ class ResizeConfig:
     down_probs: tuple[float, ...] = (1.0,)
     up_mode: str = "bilinear"
     prob: float = 1.0
+    min_scale: float = 0.0  # each drawn factor is raised to at least this (1 = never enlarge)
 
     def __post_init__(self):
         check_range("resize.scale", self.scale, low=1e-3)
@@ -54,7 +55,7 @@ def sample_resize_params(cfg: ResizeConfig, generator: torch.Generator) -> dict 
     mode = draw_choice(generator, cfg.down_modes, cfg.down_probs)
     if not apply:
         return None
-    return {"scale": scale, "down_mode": mode, "up_mode": cfg.up_mode}
+    return {"scale": max(scale, cfg.min_scale), "down_mode": mode, "up_mode": cfg.up_mode}
 
 
 def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:

@@ -152,20 +152,34 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def detect_all_faces(rgb: np.ndarray, *, detector: str = "hog", max_side: int = 2048,
-                     small_photo: int = 1024, min_extra_score: float = 0.3) -> list[Face]:
+                     small_photo: int = 1024, min_extra_score: float = 0.3,
+                     fallback: bool = True) -> list[Face]:
     """``detect_faces``, plus (for photos whose long side <= ``small_photo``) a second pass at 2x
     that adds faces smaller than HOG's 80 px window which the first pass missed.
 
     Faces of the second pass are kept only with score >= ``min_extra_score`` and no overlap
     (IoU > 0.3) with a first-pass face: upsampling also raises false positives (e.g. on the
     astronaut's suit patch at score ~0.1), so the first pass is never changed, only added to.
+
+    ``fallback``: when both passes find nothing, look again on copies shrunk to a half and a
+    quarter (a blurred, noisy face looks sharp when small; HOG misses heavily degraded faces at
+    full size), then with dlib's CNN detector on a copy of at most 320 px.
     """
     faces = detect_faces(rgb, detector=detector, max_side=max_side)
-    if max(rgb.shape[:2]) > small_photo:
+    if max(rgb.shape[:2]) <= small_photo:
+        extra = [f for f in detect_faces(rgb, detector=detector, max_side=max_side, upsample=1)
+                 if f.score >= min_extra_score
+                 and all(box_iou(f.box, g.box) <= 0.3 for g in faces)]
+        faces = sorted(faces + extra, key=lambda f: f.area, reverse=True)
+    if faces or not fallback:
         return faces
-    extra = [f for f in detect_faces(rgb, detector=detector, max_side=max_side, upsample=1)
-             if f.score >= min_extra_score and all(box_iou(f.box, g.box) <= 0.3 for g in faces)]
-    return sorted(faces + extra, key=lambda f: f.area, reverse=True)
+    long_side = max(rgb.shape[:2])
+    for side in (long_side // 2, long_side // 4):
+        if side >= 160:  # HOG's 80 px window must still fit a face
+            faces = detect_faces(rgb, detector="hog", max_side=side)
+            if faces:
+                return faces
+    return detect_faces(rgb, detector="cnn", max_side=min(long_side, 160))
 
 
 def main_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:

@@ -55,18 +55,26 @@ def feathered_mask(h: int, w: int, feather: float) -> np.ndarray:
                             borderType=cv2.BORDER_CONSTANT)
 
 
-def _blend(background: np.ndarray, crop: np.ndarray, affine: np.ndarray, feather: float) -> None:
-    """Blend ``crop`` (its ``affine`` maps background px -> crop px) into ``background`` in place."""
+def _blend(background: np.ndarray, crop: np.ndarray, affine: np.ndarray, feather: float,
+           weight: np.ndarray | None = None) -> None:
+    """Blend ``crop`` (its ``affine`` maps background px -> crop px) into ``background`` in place;
+    ``weight`` (crop-sized, in [0, 1]) scales the paste mask per crop pixel."""
     import cv2
 
     h, w = background.shape[:2]
     ch, cw = crop.shape[:2]
+    mask = feathered_mask(ch, cw, feather)
+    if weight is not None:
+        if weight.shape != (ch, cw):
+            raise ValueError(f"paste weight {weight.shape} does not match the crop {(ch, cw)}")
+        mask = mask * np.clip(weight, 0.0, 1.0).astype(np.float32)
     inv = invert_affine(affine)  # crop px -> background px
     scale = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))  # background px per crop px
     if scale < 0.5:  # shrinking a lot: area-average the crop first to avoid aliasing
         nw, nh = max(2, round(cw * scale)), max(2, round(ch * scale))
         small_to_crop = np.array([[cw / nw, 0, 0.5 * cw / nw - 0.5], [0, ch / nh, 0.5 * ch / nh - 0.5]])
         crop = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_AREA)
         inv = compose_affine(inv, small_to_crop)
         ch, cw = nh, nw
 
@@ -83,8 +91,7 @@ def _blend(background: np.ndarray, crop: np.ndarray, affine: np.ndarray, feather
     size = (x1 - x0, y1 - y0)
     face = cv2.warpAffine(crop, roi_inv, size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-    # feather in crop pixels (cheap at any photo size), then warp: 0 at the edge, 1 inside
-    mask = feathered_mask(ch, cw, feather)
+    # feathered in crop pixels (cheap at any photo size), then warped: 0 at the edge, 1 inside
     mask = cv2.warpAffine(mask, roi_inv, size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     mask = mask[:, :, None]  # (h', w', 1)
@@ -111,8 +118,12 @@ def _rescale_affine(affine: np.ndarray, crop: np.ndarray, affine_size: int | Non
 
 def paste_faces(image: np.ndarray, restored_crops: list[np.ndarray], affines: list[np.ndarray], *,
                 upscale: float = 1.0, feather: float = DEFAULT_FEATHER, is_gray: bool = False,
-                base_is_upscaled: bool = False, affine_size: int | None = None) -> np.ndarray:
+                base_is_upscaled: bool = False, affine_size: int | None = None,
+                weights: list[np.ndarray | None] | None = None) -> np.ndarray:
     """Paste several restored crops (each with its image -> crop affine) one after another.
+
+    ``weights``: per face, None or a crop-sized map in [0, 1] that scales the paste mask (0
+    keeps the photo's own pixels there; see ``pipelines.keep_detail``).
 
     ``base_is_upscaled``: ``image`` is already the upscaled background (e.g. from
     ``upscale_image`` or an earlier paste), so only the faces are warped at ``upscale``.
@@ -133,11 +144,14 @@ def paste_faces(image: np.ndarray, restored_crops: list[np.ndarray], affines: li
     else:
         out = upscale_image(image, upscale)
         to_original = _upscaled_to_original(image.shape[:2], out.shape[:2])
-    for crop, affine in zip(restored_crops, affines):
+    weights = [None] * len(affines) if weights is None else weights
+    if len(weights) != len(affines):
+        raise ValueError(f"{len(weights)} paste weights for {len(affines)} faces")
+    for crop, affine, weight in zip(restored_crops, affines, weights):
         crop = np.asarray(crop)
         _check(image, crop, affine)
         affine = _rescale_affine(affine, crop, affine_size)
-        _blend(out, crop, compose_affine(affine, to_original), feather)
+        _blend(out, crop, compose_affine(affine, to_original), feather, weight)
     return to_gray_rgb(out) if is_gray else out
 
 

@@ -1,9 +1,12 @@
 """``flipnet bench``: build the standard test sets, run every available method, write the tables.
 
 Sets (fixed seeds, faces never used in training; see ``flipnet.splits``):
-  * synthetic: UTKFace test split (aligned 128 px) x presets ``gfpgan``, ``codeformer``, ``raw``;
+  * synthetic: UTKFace test split (aligned 128 px) x presets ``gfpgan``, ``codeformer``, ``raw``
+    (scaled to the face size, ``degradations.presets.preset_for_size``), and ``small``: the
+    gfpgan preset on faces of 16-64 px in the photo (``degradations.face_size``), brought to 128;
   * real: LFW people I-L (aligned 128 px), no ground truth.
-Methods: every one whose weights are present (``flipnet.pipelines.methods``).
+Methods: every one whose weights are present (``flipnet.pipelines.methods``); ``NAME@WEIGHTS``
+runs method NAME on another weights folder (e.g. ``restorer@restorer-128-v1``).
 Outputs: ``docs/BENCHMARKS.md`` (the block between the bench markers), ``docs/bench/results.json``
 and PNG plots (metric bars, quality vs speed, a before/after grid). Each finished (method, set)
 result is kept under ``WORK/done/`` with the settings and a fingerprint of the method's weights, so
@@ -33,7 +36,8 @@ from flipnet.io import (
 from flipnet.splits import in_split, utkface_labels
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PRESETS = ("gfpgan", "codeformer", "raw")
+PRESETS = ("gfpgan", "codeformer", "raw", "small")
+SMALL_FACES = (16, 64)  # face sizes (px, log-uniform by seed) of the small-face set
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,31 @@ class BenchConfig:
         "help": "Respaced steps of the prior method (DifFace-style); t0 = 0.6 of them."})
 
 
+def _degrade_set(hq, preset: str, seed: int):
+    """LQ of a bench set: the preset scaled to the face size, or for ``small`` the gfpgan
+    preset at a face size drawn per image (seed + i) from ``SMALL_FACES``."""
+    import torch
+
+    from flipnet.degradations.face_size import degrade_at_face_size
+    from flipnet.degradations.pipeline import degrade_images
+    from flipnet.degradations.presets import preset_for_size
+
+    if preset != "small":
+        return degrade_images(hq, preset_for_size(preset, hq.shape[-1]), seed=seed)
+    lo, hi = SMALL_FACES
+    out, params = [], []
+    for i, x in enumerate(hq.split(1)):
+        u = float(np.random.default_rng(seed + i).random())
+        lq, p = degrade_at_face_size(x, "gfpgan", round(lo * (hi / lo) ** u), seed + i)
+        out.append(lq)
+        params.append(p)
+    return torch.cat(out), params
+
+
 def build_sets(cfg: BenchConfig) -> dict[str, dict]:
     """Make (or reuse) the test sets: ``{name: {"lq": dir, "gt": dir|None, "names": [...]}}``."""
     import torch
 
-    from flipnet.degradations.pipeline import degrade_images
-    from flipnet.degradations.presets import get_preset, rescale_blur
     from flipnet.io import to_tensor, to_uint8
 
     n = 1000 if cfg.full else cfg.n
@@ -82,9 +105,8 @@ def build_sets(cfg: BenchConfig) -> dict[str, dict]:
         if _read_json(work / preset / "set.json") != manifest:
             for d in (lq_dir, gt_dir):  # another seed or n, or a killed build: start clean
                 shutil.rmtree(d, ignore_errors=True)
-            pcfg = rescale_blur(get_preset(preset), hq.shape[1])
             with torch.no_grad():
-                lq, params = degrade_images(to_tensor(hq), pcfg, seed=cfg.seed)
+                lq, params = _degrade_set(to_tensor(hq), preset, cfg.seed)
             for name, a, b in zip(names, to_uint8(lq), hq):
                 save_image(lq_dir / f"{name}.png", a)
                 save_image(gt_dir / f"{name}.png", b)
@@ -130,12 +152,29 @@ def score(pred: list, lq: list, gt: list | None, ref: list, emb) -> dict:
            "fd_lowlevel": frechet_distance_images(pred, ref, "lowlevel", progress=False)}
     target = gt if gt is not None else lq  # real LQ: identity kept from input to output
     ids = [_identity(emb, p, t) for p, t in zip(pred, target)]
-    out["identity_cos"] = _mean([v for v in ids if v is not None])
+    found = [v for v in ids if v is not None]
+    out["identity_cos"] = _mean(found)
+    out["identity_deg"] = _mean(np.degrees(np.arccos(np.clip(found, -1, 1))))
     out["identity_per_image"] = ids
     if gt is not None:
+        from flipnet.metrics.landmarks import landmark_distance
+
         out["psnr"] = _mean([psnr(p, g) for p, g in zip(pred, gt)])
         out["ssim"] = _mean([ssim(p, g) for p, g in zip(pred, gt)])
+        out["lmd"] = landmark_distance(pred, gt, aligned=True, skip_no_face=True)["mean"]
     return out
+
+
+def ground_truth_scores(gt: list, ref: list) -> dict:
+    """NIQE, BRISQUE and FD-lowlevel of a set's ground truth itself (the reference row)."""
+    from flipnet.metrics.brisque import brisque
+    from flipnet.metrics.frechet import frechet_distance_images
+    from flipnet.metrics.niqe import niqe
+    from flipnet.pipelines.evaluate import _mean, for_no_reference
+
+    nr = [for_no_reference(g) for g in gt]
+    return {"niqe": _mean(niqe(nr)), "brisque": _mean(brisque(nr)),
+            "fd_lowlevel": frechet_distance_images(gt, ref, "lowlevel", progress=False)}
 
 
 _SPEED_SCRIPT = r"""
@@ -149,7 +188,8 @@ def peak():
             return int(line.split()[1]) * 1024
     return 0
 from flipnet.pipelines.methods import make_method
-m = make_method(sys.argv[1], device="cpu", steps=int(sys.argv[2]), batch_size=32)
+base, _, weights = sys.argv[1].partition("@")
+m = make_method(base, weights or None, device="cpu", steps=int(sys.argv[2]), batch_size=32)
 out = {"threads": torch.get_num_threads()}
 for bs in (1, 32):
     x = np.random.default_rng(0).integers(0, 255, (bs, m.size, m.size, 3), dtype=np.uint8)
@@ -203,10 +243,11 @@ def method_fingerprint(name: str) -> str:
     from flipnet.errors import FlipnetError
     from flipnet.pipelines.methods import DEFAULT_WEIGHTS, resolve_weights
 
-    if name not in DEFAULT_WEIGHTS:
+    base, _, weights = name.partition("@")
+    if base not in DEFAULT_WEIGHTS:
         return "none"
     try:
-        folder = resolve_weights(DEFAULT_WEIGHTS[name])
+        folder = resolve_weights(weights or DEFAULT_WEIGHTS[base])
     except FlipnetError:
         return "none"
     digest = hashlib.sha256()
@@ -243,12 +284,16 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     ref = [load_image(p).rgb for p in sets.pop("_ref")["paths"]]
     names = [m for m in (cfg.methods.split(",") if cfg.methods else available_methods()) if m]
     emb = IdentityEmbedder(aligned=True)
-    results: dict = {"config": asdict(cfg), "methods": {}, "sets": list(sets)}
+    results: dict = {"config": asdict(cfg), "methods": {}, "sets": list(sets),
+                     "ground_truth": {}}
     grid_rows = []
     # each set is read once, not once per method
     loaded = {sname: (_images(s), [load_image(Path(s["gt"]) / f"{n}.png").rgb
                                    for n in s["names"]] if s["gt"] else None)
               for sname, s in sets.items()}
+    for sname, (_, gt) in loaded.items():  # the no-reference scores a restorer should reach
+        if gt is not None:
+            results["ground_truth"][sname] = ground_truth_scores(gt, ref)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("bench", total=len(names) * len(sets))
         for mname in names:
@@ -262,8 +307,9 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
                 pdir = Path(cfg.work) / "pred" / mname / sname
                 r = _cached(done_dir / f"{sname}.json", key)
                 if r is None:
-                    method = method or make_method(mname, device="cpu", steps=cfg.prior_steps,
-                                                   seed=cfg.seed)
+                    base, _, weights = mname.partition("@")
+                    method = method or make_method(base, weights or None, device="cpu",
+                                                   steps=cfg.prior_steps, seed=cfg.seed)
                     t0 = time.perf_counter()
                     pred = list(method.restore(np.stack(lq)))
                     sec = time.perf_counter() - t0

@@ -10,9 +10,13 @@ from flipnet.io import save_image, write_bytes_atomic
 from flipnet.viz import make_grid
 
 SYN_COLS = [("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("identity_cos", "ID cos↑"),
-            ("niqe", "NIQE↓"), ("brisque", "BRISQUE↓"), ("fd_lowlevel", "FD-lowlevel↓")]
-REAL_COLS = [("identity_cos", "ID cos (in→out)↑"), ("niqe", "NIQE↓"), ("brisque", "BRISQUE↓"),
-             ("fd_lowlevel", "FD-lowlevel↓")]
+            ("identity_deg", "ID angle°↓"), ("lmd", "LMD↓"), ("niqe", "NIQE↓"),
+            ("brisque", "BRISQUE↓"), ("fd_lowlevel", "FD-lowlevel↓")]
+REAL_COLS = [("identity_cos", "ID cos (in→out)↑"), ("identity_deg", "ID angle°↓"),
+             ("niqe", "NIQE↓"), ("brisque", "BRISQUE↓"), ("fd_lowlevel", "FD-lowlevel↓")]
+SET_TITLES = {"lfw-real": "Real LQ: LFW people I-L (no ground truth; ID = input vs output)",
+              "small": "Synthetic small faces: UTKFace test split, `gfpgan` at 16-64 px face "
+                       "size, brought to 128 px"}
 
 
 def _fmt(v) -> str:
@@ -29,6 +33,10 @@ def _table(results: dict, set_name: str, cols) -> list[str]:
         if r:
             lines.append(f"| {m} | " + " | ".join(_fmt(r.get(k)) for k, _ in cols)
                          + f" | {_fmt(r['seconds_per_face'])} |")
+    gt = results.get("ground_truth", {}).get(set_name)
+    if gt:
+        lines.append("| *ground truth (reference)* | " + " | ".join(
+            _fmt(gt[k]) if k in gt else "" for k, _ in cols) + " | |")
     return lines
 
 
@@ -51,8 +59,8 @@ def render_markdown(results: dict) -> str:
            "faces. NIQE/BRISQUE on crops upscaled x2 (bicubic), see `for_no_reference`.", ""]
     for s in results["sets"]:
         cols = REAL_COLS if s == "lfw-real" else SYN_COLS
-        title = ("Real LQ: LFW people I-L (no ground truth; ID = input vs output)"
-                 if s == "lfw-real" else f"Synthetic: UTKFace test split, `{s}` degradation")
+        title = SET_TITLES.get(s, f"Synthetic: UTKFace test split, `{s}` degradation "
+                                  "(scaled to 128 px faces)")
         out += [f"### {title}", "", *_table(results, s, cols), ""]
     out += ["### Identity similarity by group (`codeformer` set)", ""]
     groups = sorted({g for r in results["methods"].values()

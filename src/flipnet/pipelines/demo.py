@@ -26,7 +26,7 @@ OLD_PHOTO = {"seed": 0, "raw": None, "color": None, "quantize": True,
              "resize": {"scale": 4.0, "down_mode": "bilinear", "up_mode": "bilinear"},
              "noise": {"kind": "gaussian", "sigma": 6.0, "gray": False, "seed": 0},
              "jpeg": {"quality": 45}}
-PREFERRED = ("finetuned", "restorer", "prior")
+PREFERRED = ("restorer", "finetuned", "prior")  # finetuned: made from the old restorer
 
 
 def old_photo(rgb: np.ndarray, *, seed: int = 0) -> np.ndarray:

@@ -11,6 +11,7 @@ and ``restored_imgs/`` under the output folder, plus ``report.json`` for the run
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 
 from flipnet.errors import FlipnetError, OutputPathError
+from flipnet.faces.keep_detail import KeepDetailConfig, restoration_weight
 from flipnet.io import (
     BatchLog,
     check_distinct,
@@ -33,6 +35,7 @@ from flipnet.io import (
 from flipnet.viz import side_by_side
 
 DETECT_MAX_SIDE = 2048  # detection runs on a copy at most this large (bounded memory, #8)
+RESTORED_PASS_SIDE = 192  # long side of the restored detection pass (measured: BENCHMARKS.md)
 
 
 class FaceMethod(Protocol):
@@ -69,6 +72,7 @@ class PhotoResult:
 
 
 STAGES = ("detect", "align", "restore", "paste")
+FRAMINGS = ("ffhq", "flipnet")  # what an --aligned crop looks like
 SUBFOLDERS = ("cropped_faces", "restored_faces", "cmp", "restored_imgs", "restored_videos")
 
 
@@ -89,6 +93,45 @@ def restore_aligned(crop: np.ndarray, method: FaceMethod) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _detection_restorer():
+    """The shipped fast restorer, for the restored detection pass (None without weights)."""
+    from flipnet.pipelines.methods import make_method
+
+    try:
+        return make_method("restorer", device="cpu")
+    except FlipnetError:
+        return None
+
+
+def detect_restored(rgb: np.ndarray, *, side: int = RESTORED_PASS_SIDE, passes: int = 2) -> list:
+    """Faces found after restoring the whole photo: shrunk to ``side`` px (a face of a
+    portrait then spans ~100 px, the restorer's scale), restored ``passes`` times with the
+    fast restorer (any content size works: it is fully convolutional), then detected with HOG
+    at 2x and 4x; boxes and landmarks are mapped back to the photo. For faces so blurred or
+    noisy that dlib finds them neither at full size nor shrunk."""
+    import cv2
+
+    from flipnet.faces.detect import Face, detect_faces
+
+    restorer = _detection_restorer()
+    h, w = rgb.shape[:2]
+    if restorer is None or max(h, w) < side:
+        return []
+    scale = side / max(h, w)
+    x = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                   interpolation=cv2.INTER_AREA)
+    for _ in range(passes):
+        x = restorer.restore(x[None])[0]
+    for up in (1, 2):
+        found = detect_faces(x, upsample=up, max_side=4 * side)
+        if found:
+            return [Face(box=tuple(v / scale for v in f.box), score=f.score,
+                         landmarks5=f.landmarks5 / scale, landmarks68=f.landmarks68 / scale)
+                    for f in found]
+    return []
+
+
 def find_faces(rgb: np.ndarray, method: FaceMethod, *, only_center_face: bool = False,
                detector: str = "hog", min_face: int = 24,
                detect_max_side: int = DETECT_MAX_SIDE,
@@ -100,6 +143,8 @@ def find_faces(rgb: np.ndarray, method: FaceMethod, *, only_center_face: bool = 
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     faces = detect_all_faces(rgb, detector=detector, max_side=detect_max_side)
+    if not faces:
+        faces = detect_restored(rgb)
     if only_center_face and faces:
         cy, cx = rgb.shape[0] / 2, rgb.shape[1] / 2
         faces = [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2
@@ -120,18 +165,40 @@ def find_faces(rgb: np.ndarray, method: FaceMethod, *, only_center_face: bool = 
     return results
 
 
+def ffhq_aligned_face(rgb: np.ndarray, method: FaceMethod) -> FaceResult:
+    """The face of an FFHQ-aligned crop (CelebA-Test, WebPhoto, CodeFormer's cropped_faces):
+    its 5 landmarks are facexlib's 512 px template scaled to the crop, warped onto the
+    method's own template like a detected face."""
+    from flipnet.faces.align import align_face
+    from flipnet.faces.template import FFHQ_512
+
+    h, w = rgb.shape[:2]
+    lm = FFHQ_512 * np.array([w / 512.0, h / 512.0], np.float32)
+    al = align_face(rgb, lm, size=method.size, template=method.template)
+    return FaceResult((0, 0, w, h), lm.tolist(), al.crop, None, al.affine)
+
+
 def restore_frames(frames: list[np.ndarray], method: FaceMethod, *, upscale: float = 1.0,
                    only_center_face: bool = False, detector: str = "hog", min_face: int = 24,
-                   is_gray: bool = False, detect_max_side: int = DETECT_MAX_SIDE
-                   ) -> list[PhotoResult]:
-    """Restore several photos (e.g. video frames) with one ``method.restore`` call for all faces."""
+                   is_gray: bool = False, detect_max_side: int = DETECT_MAX_SIDE,
+                   keep_detail: KeepDetailConfig | None = KeepDetailConfig(),
+                   ffhq_aligned: bool = False) -> list[PhotoResult]:
+    """Restore several photos (e.g. video frames) with one ``method.restore`` call for all faces.
+
+    ``keep_detail``: paste each face only where restoration changed it (``faces.keep_detail``;
+    None pastes the whole face). ``ffhq_aligned``: every frame is one FFHQ-aligned face (no
+    detection)."""
     from flipnet.faces.paste import paste_faces
 
     # detect + align each frame
     timings = [dict.fromkeys(STAGES, 0.0) for _ in frames]
-    per_frame = [find_faces(rgb, method, only_center_face=only_center_face, detector=detector,
-                            min_face=min_face, detect_max_side=detect_max_side, timings=t)
-                 for rgb, t in zip(frames, timings)]
+    if ffhq_aligned:
+        per_frame = [[ffhq_aligned_face(rgb, method)] for rgb in frames]
+    else:
+        per_frame = [find_faces(rgb, method, only_center_face=only_center_face,
+                                detector=detector, min_face=min_face,
+                                detect_max_side=detect_max_side, timings=t)
+                     for rgb, t in zip(frames, timings)]
 
     # restore every face of every frame in one batch; time shared by face count
     todo = [r for faces in per_frame for r in faces if not r.skipped]
@@ -149,19 +216,33 @@ def restore_frames(frames: list[np.ndarray], method: FaceMethod, *, upscale: flo
     for rgb, faces, t in zip(frames, per_frame, timings):
         t0 = time.perf_counter()
         done = [r for r in faces if r.restored is not None]
+        weights = None if keep_detail is None else [
+            restoration_weight(r.crop, r.restored, keep_detail) for r in done]
         image = paste_faces(rgb, [r.restored for r in done], [r.affine for r in done],
-                            upscale=upscale, is_gray=is_gray)
+                            upscale=upscale, is_gray=is_gray, weights=weights)
         t["paste"] = time.perf_counter() - t0
         out.append(PhotoResult(image=image, faces=faces, timings=t))
     return out
 
 
 def restore_photo(rgb: np.ndarray, method: FaceMethod, *, aligned: bool = False,
-                  upscale: float = 1.0, only_center_face: bool = False, detector: str = "hog",
-                  min_face: int = 24, is_gray: bool = False,
-                  alpha: np.ndarray | None = None,
-                  detect_max_side: int = DETECT_MAX_SIDE) -> PhotoResult:
-    """Restore every face of a uint8 RGB photo and paste it back (GFPGAN-style whole-photo BFR)."""
+                  framing: str = "ffhq", upscale: float = 1.0, only_center_face: bool = False,
+                  detector: str = "hog", min_face: int = 24, is_gray: bool = False,
+                  alpha: np.ndarray | None = None, detect_max_side: int = DETECT_MAX_SIDE,
+                  keep_detail: KeepDetailConfig | None = KeepDetailConfig()) -> PhotoResult:
+    """Restore every face of a uint8 RGB photo and paste it back (GFPGAN-style whole-photo BFR).
+
+    ``aligned``: the photo is one aligned face crop, framed as ``framing``: ``ffhq`` (the
+    field's 512 px FFHQ-aligned crops; the output keeps that framing and size) or ``flipnet``
+    (flipnet's own tight crops, restored whole)."""
+    if framing not in FRAMINGS:
+        raise FlipnetError(f"unknown aligned framing {framing!r}; choose one of "
+                           f"{', '.join(FRAMINGS)}")
+    if aligned and framing == "ffhq":
+        res = restore_frames([rgb], method, upscale=upscale, is_gray=is_gray,
+                             keep_detail=keep_detail, ffhq_aligned=True)[0]
+        res.alpha = scale_alpha(alpha, res.image)
+        return res
     if aligned:
         t0 = time.perf_counter()
         out = restore_aligned(rgb, method)

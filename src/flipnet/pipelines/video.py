@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from flipnet.errors import FlipnetError, ImageReadError, OutputPathError
+from flipnet.faces.keep_detail import KeepDetailConfig
 from flipnet.io import write_bytes_atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 SEGMENT_FRAMES = 240
 BATCH_FRAMES = 4
+KEEP_DETAIL_DEFAULT = KeepDetailConfig()
 CRF = 17  # H.264 quality: visually lossless at typical sizes
 
 
@@ -250,7 +252,9 @@ def _stream(frames, segments: _Segments, restore_batch, pbar, task, batch_frames
 
 def restore_video(path: str | os.PathLike, out_dir: str | os.PathLike, method, *,
                   upscale: float = 1.0, only_center_face: bool = False, detector: str = "hog",
-                  min_face: int = 24, aligned: bool = False, batch_frames: int = BATCH_FRAMES,
+                  min_face: int = 24, aligned: bool = False, framing: str = "ffhq",
+                  keep_detail: KeepDetailConfig | None = KEEP_DETAIL_DEFAULT,
+                  batch_frames: int = BATCH_FRAMES,
                   segment_frames: int = SEGMENT_FRAMES, progress: bool = True, bar=None) -> dict:
     """Restore every face in every frame of a video -> ``OUT/restored_videos/<name>.mp4``.
 
@@ -272,14 +276,16 @@ def restore_video(path: str | os.PathLike, out_dir: str | os.PathLike, method, *
     work = out_dir / "restored_videos" / f".{path.stem}.parts"
     settings = {"method": method.name, "upscale": upscale, "only_center_face": only_center_face,
                 "detector": detector, "min_face": min_face, "aligned": aligned,
+                "framing": framing, "keep_detail": keep_detail is not None,
                 "segment_frames": segment_frames}
     _open_work(work, _work_key(path, settings))
 
     def restore_batch(batch: list[np.ndarray]) -> list:
         if aligned:
-            return [restore_photo(f, method, aligned=True, upscale=upscale) for f in batch]
+            return [restore_photo(f, method, aligned=True, framing=framing, upscale=upscale,
+                                  keep_detail=keep_detail) for f in batch]
         return restore_frames(batch, method, upscale=upscale, only_center_face=only_center_face,
-                              detector=detector, min_face=min_face)
+                              detector=detector, min_face=min_face, keep_detail=keep_detail)
 
     from rich.progress import Progress
 

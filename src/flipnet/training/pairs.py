@@ -2,7 +2,7 @@
 
 * ``SyntheticPairs``: HQ aligned faces kept in memory (only the requested split, see
   ``flipnet.splits``), each degraded when it is drawn with one of several presets (blur rescaled
-  to the image size, ``degradations.presets.rescale_blur``). The preset and every degradation
+  to the face size, ``degradations.presets.preset_for_size``). The preset and every degradation
   value are a function of the sample's integer seed alone, so a run is reproducible and resumes
   exactly. When the preset turns the LQ gray, the HQ target is grayed too (GFPGAN ``gt_gray``,
   DifFace), so the net is never asked to invent colours.
@@ -26,8 +26,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from flipnet.degradations.color import to_gray
+from flipnet.degradations.face_size import (
+    FaceSizeConfig,
+    degrade_at_face_size,
+    sample_face_size,
+)
+from flipnet.degradations.noise import draw_bernoulli, make_generator
 from flipnet.degradations.pipeline import DegradationConfig, apply_params, sample_params
-from flipnet.degradations.presets import get_preset, rescale_blur
+from flipnet.degradations.presets import get_preset, preset_for_size
 from flipnet.errors import FlipnetError, ImageReadError
 from flipnet.io import list_images, load_image, to_tensor
 from flipnet.splits import in_split
@@ -53,10 +59,10 @@ def load_faces(folder: str | os.PathLike, size: int, *, split: str | None = "tra
 
 
 def face_presets(names: Sequence[str], size: int) -> list[DegradationConfig]:
-    """Presets by name with their blur rescaled from 512 px to ``size`` px faces."""
+    """Presets by name, scaled from 512 px to ``size`` px faces (``preset_for_size``)."""
     if not names:
         raise FlipnetError("at least one degradation preset is needed")
-    return [rescale_blur(get_preset(n), size) for n in names]
+    return [preset_for_size(n, size) for n in names]
 
 
 class PairSampler(ShuffleFlipSampler):
@@ -72,19 +78,38 @@ def _flip(rgb: np.ndarray, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, ::-1] if flip else rgb)
 
 
-class SyntheticPairs(Dataset):
-    """HQ faces in memory, degraded on the fly with a preset chosen by the sample's seed."""
+_CLEAN_SALT = 0xC1EA4  # the clean draw has its own generator: the degradations are unchanged
 
-    def __init__(self, pixels: np.ndarray, presets: Sequence[DegradationConfig]):
+
+class SyntheticPairs(Dataset):
+    """HQ faces in memory, degraded on the fly with a preset chosen by the sample's seed; with
+    ``small_faces``, a share of them rendered as faces of 16-128 px in the photo
+    (``degradations.face_size``); with ``clean_prob``, a share left as they are (LQ = HQ), so
+    the restorer learns to leave a sharp face alone."""
+
+    def __init__(self, pixels: np.ndarray, presets: Sequence[DegradationConfig], *,
+                 small_faces: FaceSizeConfig | None = None, clean_prob: float = 0.0):
         self.pixels, self.presets = pixels, list(presets)  # (N, S, S, 3) uint8
+        self.small_faces, self.clean_prob = small_faces, clean_prob
+        if small_faces is not None and small_faces.prob > 0:
+            # a small face re-scales the named preset to its own size
+            self.base_names = [cfg.name.split("@")[0] for cfg in self.presets]
+            for name in self.base_names:
+                get_preset(name)  # ConfigError for a custom config
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def degrade(self, hq: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
         """(1, 3, S, S) HQ -> (LQ, params) with preset ``seed % len(presets)``."""
-        cfg = self.presets[seed % len(self.presets)]
-        params = sample_params(cfg, seed)
+        which = seed % len(self.presets)
+        if self.clean_prob and draw_bernoulli(make_generator(seed ^ _CLEAN_SALT),
+                                              self.clean_prob):
+            return hq.clone(), {"seed": seed, "clean": True, "color": None}  # do no harm
+        face_px = sample_face_size(self.small_faces, seed, hq.shape[-1])
+        if face_px is not None:
+            return degrade_at_face_size(hq, self.base_names[which], face_px, seed)
+        params = sample_params(self.presets[which], seed)
         return apply_params(hq, [params]), params
 
     def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:

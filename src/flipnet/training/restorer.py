@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flipnet.degradations.face_size import FaceSizeConfig
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import to_uint8, write_bytes_atomic
 from flipnet.models.discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -35,6 +36,7 @@ from flipnet.models.restorer import (
 from flipnet.training.common import (
     EMA,
     TrainProgress,
+    append_log,
     hardware_name,
     run_from_argv,
     set_lr,
@@ -58,7 +60,7 @@ from flipnet.training.pairs import (
     fixed_pairs,
     load_faces,
 )
-from flipnet.viz import save_grid
+from flipnet.viz import save_curve, save_grid
 
 # settings that may change between a run and its continuation without changing the result
 # ("steps" too when the learning rate does not depend on it)
@@ -85,7 +87,14 @@ class RestorerTrainConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig,
                                                metadata=_h("PatchGAN architecture"))
     presets: tuple[str, ...] = field(default=("gfpgan", "codeformer", "difface"),
-                                     metadata=_h("degradation presets mixed per sample"))
+                                     metadata=_h("degradation presets mixed per sample (scaled "
+                                                 "to the face size; NAME-unscaled: published)"))
+    small_faces: FaceSizeConfig = field(default_factory=FaceSizeConfig, metadata=_h(
+        "share of samples rendered as 16-128 px faces in the photo (prob 0 = none)"))
+    clean_prob: float = field(default=0.0, metadata=_h("share of samples left undegraded "
+                                                       "(LQ = HQ: leave sharp faces alone)"))
+    val_count: int = field(default=0, metadata=_h("train-split faces held out for the "
+                                                  "validation curve (val.jsonl); 0 = none"))
     max_images: int = field(default=0, metadata=_h("use at most N HQ faces; 0 = all"))
     batch_size: int = field(default=16, metadata=_h("pairs per step per process"))
     grad_accum: int = field(default=1, metadata=_h("micro-batches per optimizer step"))
@@ -109,6 +118,11 @@ class RestorerTrainConfig:
     perceptual: Literal["auto", "prior", "lpips", "none"] = field(
         default="auto", metadata=_h("auto (prior if prior_path exists) | prior | lpips | none"))
     perceptual_weight: float = field(default=0.1, metadata=_h("perceptual term weight"))
+    identity_weight: float = field(default=0.0, metadata=_h(
+        "identity term weight: 1 - cosine of dlib's 128-D ResNet (torch port) on pred vs HQ"))
+    identity_batch: int = field(default=0, metadata=_h(
+        "identity term on the first N pairs of each batch only (it costs more than the "
+        "restorer); 0 = all"))
     prior_path: str | None = field(default="weights/prior-64", metadata=_h("prior folder for "
                                                                           "prior features"))
     prior_t: int = field(default=50, metadata=_h("noise step of the prior-feature loss"))
@@ -135,12 +149,23 @@ class RestorerTrainConfig:
 
 
 def make_pairs(cfg: RestorerTrainConfig, *, progress: bool = True):
-    """The training pairs: ``PairFolder(pairs_dir)`` or ``SyntheticPairs`` of ``data_dir``."""
+    """(training pairs, validation pairs or None): ``PairFolder(pairs_dir)`` or
+    ``SyntheticPairs`` of ``data_dir``; the first ``val_count`` faces are held out."""
     if cfg.pairs_dir:
-        return PairFolder(cfg.pairs_dir, cfg.restorer.image_size, progress=progress)
+        return PairFolder(cfg.pairs_dir, cfg.restorer.image_size, progress=progress), None
     _, pixels = load_faces(cfg.data_dir, cfg.restorer.image_size, split=cfg.split,
-                           limit=cfg.max_images or None, progress=progress)
-    return SyntheticPairs(pixels, face_presets(cfg.presets, cfg.restorer.image_size))
+                           limit=(cfg.max_images + cfg.val_count) if cfg.max_images else None,
+                           progress=progress)
+    if cfg.val_count >= len(pixels):
+        raise FlipnetError(f"{cfg.data_dir}: val_count {cfg.val_count} leaves no training faces "
+                           f"of {len(pixels)}")
+    presets = face_presets(cfg.presets, cfg.restorer.image_size)
+    def pairs(faces: np.ndarray) -> SyntheticPairs:
+        return SyntheticPairs(faces, presets, small_faces=cfg.small_faces,
+                              clean_prob=cfg.clean_prob)
+
+    return pairs(pixels[cfg.val_count:]), (pairs(pixels[:cfg.val_count]) if cfg.val_count
+                                           else None)
 
 
 def _lr_at(cfg: RestorerTrainConfig, step: int) -> float:
@@ -151,6 +176,48 @@ def _lr_at(cfg: RestorerTrainConfig, step: int) -> float:
         lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi
                                                                                         * frac)))
     return lr
+
+
+@torch.no_grad()
+def validate(model: Restorer, lq: torch.Tensor, hq: torch.Tensor, *,
+             batch_size: int = 32) -> dict:
+    """Mean PSNR (dB, 8-bit) and L1 of ``model(lq)`` against ``hq`` on fixed pairs, the PSNR
+    of the LQ itself, and on the undegraded pairs (LQ = HQ) the PSNR of the output alone
+    (``psnr_clean``: how much the restorer harms a sharp face)."""
+    from flipnet.metrics.psnr_ssim import psnr
+
+    device = next(model.parameters()).device
+    out = torch.cat([model(lq[i:i + batch_size].to(device)).cpu()
+                     for i in range(0, len(lq), batch_size)])
+    hq_u8, out_u8, lq_u8 = to_uint8(hq), to_uint8(out), to_uint8(lq)
+    clean = np.array([np.array_equal(a, b) for a, b in zip(lq_u8, hq_u8)])
+    scores = {"psnr": np.atleast_1d(psnr(out_u8, hq_u8)),
+              "psnr_lq": np.atleast_1d(psnr(lq_u8, hq_u8))}
+    res = {k: round(float(np.mean(v[~clean])), 4) for k, v in scores.items() if (~clean).any()}
+    if clean.any():
+        res["psnr_clean"] = round(float(np.mean(scores["psnr"][clean])), 4)
+    return {**res, "l1": round(float((out - hq).abs().mean()), 5)}
+
+
+def plot_validation(val_path: Path, png: Path) -> Path | None:
+    """``val.jsonl`` as a PNG curve (PSNR of restored and LQ held-in pairs per step); the last
+    row of a step wins (a resumed run may repeat one)."""
+    if not val_path.is_file():
+        return None
+    rows = {}
+    for line in val_path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    steps = sorted(s for s in rows if "psnr" in rows[s])
+    if not steps:
+        return None
+    series = {"restored (held-in val)": [rows[s]["psnr"] for s in steps],
+              "LQ input": [rows[s]["psnr_lq"] for s in steps]}
+    if all("psnr_clean" in rows[s] for s in steps):
+        series["undegraded input -> output"] = [rows[s]["psnr_clean"] for s in steps]
+    return save_curve(png, steps, series, ylabel="PSNR (dB)",
+                      title="restorer: held-in validation (train split, not the test split)")
 
 
 def _initial_model(cfg: RestorerTrainConfig) -> Restorer:
@@ -212,12 +279,17 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
         data = f"`{cfg.pairs_dir}`: {n_pairs} (lq, target) pairs matched by file name"
     else:
         data = (f"`{cfg.data_dir}`, split `{cfg.split}` ({n_pairs} faces; flipnet.splits: SHA-1 of "
-                f"the file name, lowest {5}% held out as test), degraded on the fly with presets "
-                f"{', '.join(cfg.presets)} (blur rescaled from 512 px to {r.image_size} px), "
-                "one preset per sample chosen by its seed")
+                f"the file name, lowest {5}% held out as test; the first {cfg.val_count} of them "
+                f"held in for the validation curve), degraded on the fly with presets "
+                f"{', '.join(cfg.presets)} (scaled from 512 px to {r.image_size} px faces: blur "
+                "sigma and down-sampling factor r by the size ratio, r floored at 1), one preset "
+                f"per sample chosen by its seed; {cfg.small_faces.prob:.0%} rendered as faces of "
+                f"{cfg.small_faces.size[0]}-{cfg.small_faces.size[1]} px in the photo, "
+                f"{cfg.clean_prob:.0%} left undegraded")
     perc = {"prior": f"diffusion-prior encoder features (`{cfg.prior_path}`, t={cfg.prior_t})",
             "lpips": f"LPIPS-{cfg.lpips_net}",
-            "none": "none (no prior weights were available: multi-scale L1 + FFT amplitude L1 "
+            "none": "off" if cfg.perceptual == "none" else
+                    "none (no prior weights were available: multi-scale L1 + FFT amplitude L1 "
                     "are the offline stand-in)"}[perceptual]
     lines = [
         f"# flipnet fast restorer ({r.image_size} px)\n",
@@ -226,13 +298,16 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
         f"{n_params / 1e6:.3f} M parameters"),
         f"- data: {data}",
         (f"- losses: L1 x{cfg.l1_weight}, pyramid L1 x{cfg.pyramid_weight}, FFT amplitude "
-        f"x{cfg.fft_weight}, perceptual x{cfg.perceptual_weight}: {perc}; GAN ({cfg.gan_loss}, "
+        f"x{cfg.fft_weight}, perceptual x{cfg.perceptual_weight}: {perc}; identity (1 - cos, "
+        f"torch port of dlib's ResNet) x{cfg.identity_weight}; GAN ({cfg.gan_loss}, "
         f"PatchGAN) x{cfg.gan_weight} from step {cfg.gan_start}"),
         f"- training: {progress.step} steps, batch {cfg.batch_size} x {cfg.grad_accum}, lr "
         f"{cfg.lr} ({cfg.lr_schedule}), EMA {cfg.ema_decay}, grad clip {cfg.grad_clip}, mixed "
         f"precision {cfg.mixed_precision}, seed {cfg.seed}"
         + (f", initialised from `{cfg.init_from}`" if cfg.init_from else ""),
-        f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}",
+        f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
+        f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads; "
+        "runs that continue from an export add theirs, see below)",
         f"- command: `{command or 'train_restorer(cfg), see train_config.json'}`",
         "- final losses (mean of the last 20 log lines): "
         + (", ".join(f"{k} {v}" for k, v in losses.items()) or "n/a"),
@@ -259,7 +334,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     run = TrainingRun(cfg, export="restorer", harmless=harmless, grad_accum=cfg.grad_accum)
     accelerator, device = run.accelerator, run.device
     # data, models, losses, EMA, optimizers
-    dataset = make_pairs(cfg, progress=run.main)
+    dataset, val_pairs = make_pairs(cfg, progress=run.main)
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.pairs_dir or cfg.data_dir}: {len(dataset)} training pairs, "
                            f"fewer than one batch ({cfg.batch_size})")
@@ -280,10 +355,17 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     perceptual = make_perceptual_loss(perceptual_kind, prior_path=cfg.prior_path,
                                       prior_t=cfg.prior_t, lpips_net=cfg.lpips_net,
                                       lpips_backbone=cfg.lpips_backbone, device=device)
+    identity = None
+    if cfg.identity_weight:
+        from flipnet.faces.dlib_resnet import IdentityLoss
+
+        identity = IdentityLoss().to(device)
     ema = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay)
     sample_model = Restorer(cfg.restorer).to(device).eval()  # before the RNG states are restored
     run.resume_or_start(ema)
     fixed_lq, fixed_hq = fixed_pairs(dataset, cfg.sample_count, seed=cfg.seed + 1)
+    val_lq, val_hq = (fixed_pairs(val_pairs, len(val_pairs), seed=cfg.seed + 2)
+                      if val_pairs is not None else (None, None))
 
     def save_samples(path: Path) -> Path:
         ema.copy_to(sample_model)
@@ -291,10 +373,19 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
             restored = sample_model(fixed_lq.to(device)).cpu()
         return save_grid(path, torch.cat([fixed_lq, restored, fixed_hq]), ncol=len(fixed_lq))
 
+    def samples_and_validation(path: Path) -> Path:
+        grid = save_samples(path)
+        if val_lq is not None:  # the held-in validation curve, at the same steps as the grids
+            append_log(run.out / "val.jsonl", {"step": run.progress.step,
+                                               "wall_s": round(run.progress.wall_seconds, 1),
+                                               **validate(sample_model, val_lq, val_hq)})
+        return grid
+
     weights = {"l1": cfg.l1_weight, "pyramid": cfg.pyramid_weight, "fft": cfg.fft_weight,
-               "perceptual": cfg.perceptual_weight, "gan_g": cfg.gan_weight}
+               "perceptual": cfg.perceptual_weight, "identity": cfg.identity_weight,
+               "gan_g": cfg.gan_weight}
     batches = run.batches(loader, sampler, per_step=cfg.grad_accum)
-    for step in run.steps(cfg.steps, desc="restorer", save_samples=save_samples):
+    for step in run.steps(cfg.steps, desc="restorer", save_samples=samples_and_validation):
         lr = set_lr(opt, _lr_at(cfg, step))
         gan_on = use_gan and step > cfg.gan_start
         for _ in range(cfg.grad_accum):
@@ -309,6 +400,9 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                     parts["fft"] = fft_amplitude_loss(pred, hq)
                 if perceptual is not None and cfg.perceptual_weight:
                     parts["perceptual"] = perceptual(pred, hq)
+                if identity is not None:
+                    n = cfg.identity_batch or len(pred)
+                    parts["identity"] = identity(pred[:n], hq[:n])
                 if gan_on:
                     disc.requires_grad_(False)
                     parts["gan_g"] = gan_generator_loss(disc(pred), cfg.gan_loss)
@@ -337,6 +431,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     def write_restorer(tmp: Path) -> str:
         ema.copy_to(sample_model)
         save_restorer(tmp, sample_model, cfg.restorer)
+        plot_validation(run.out / "val.jsonl", tmp / "val_curve.png")
         evaluation = _export_check(tmp, sample_model, cfg)
         if evaluation is None:
             save_samples(tmp / "samples.png")
