@@ -217,8 +217,8 @@ def test_restore_folder_killed_midway_writes_the_same_files(tiny_weights):
         save_image(root / "lq" / f"more{i:02d}.png", np.full((16, 16, 3), 8 * i, np.uint8))
 
     def args(out: str) -> list[str]:
-        return ["restore", "lq", "-o", out, "--aligned", "--weights", "restorer",
-                "--batch-size", "1", "--device", "cpu"]
+        return ["restore", "lq", "-o", out, "--aligned", "--framing", "flipnet", "--weights",
+                "restorer", "--batch-size", "1", "--device", "cpu"]
 
     assert _flipnet(args("straight"), root) == 0
     done = root / "broken" / "restored_imgs"

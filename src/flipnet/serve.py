@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from flipnet.errors import FlipnetError, ImageReadError, WeightsError
+from flipnet.pipelines.restore import FRAMINGS
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 FIDELITY_METHODS = frozenset({"prior", "flipnet"})  # methods whose constructor uses ``fidelity``
@@ -148,8 +149,10 @@ def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
 
 
 def restore_upload(data: bytes, filename: str, method, *, aligned: bool = False,
-                   upscale: float = 1.0, max_pixels: int = 40_000_000) -> tuple[bytes, dict]:
-    """Decode an upload, restore every face (``restore_photo``) and return (PNG bytes, info)."""
+                   framing: str = "ffhq", upscale: float = 1.0,
+                   max_pixels: int = 40_000_000) -> tuple[bytes, dict]:
+    """Decode an upload, restore every face (``restore_photo``) and return (PNG bytes, info);
+    ``aligned`` uploads are crops framed as ``framing`` (ffhq | flipnet)."""
     from flipnet.pipelines.restore import restore_photo
 
     t0 = time.perf_counter()
@@ -158,8 +161,8 @@ def restore_upload(data: bytes, filename: str, method, *, aligned: bool = False,
     if h * w * upscale * upscale > max_pixels:
         raise ImageReadError(filename, f"{w}x{h} upscaled x{upscale:g} is over the limit of "
                                        f"{max_pixels:,} pixels")
-    res = restore_photo(img.rgb, method, aligned=aligned, upscale=upscale, is_gray=img.is_gray,
-                        alpha=img.alpha)
+    res = restore_photo(img.rgb, method, aligned=aligned, framing=framing, upscale=upscale,
+                        is_gray=img.is_gray, alpha=img.alpha)
     png = encode_png(res.image, res.alpha)
     found = sum(f.restored is not None for f in res.faces)
     skipped = [f.skipped for f in res.faces if f.skipped]
@@ -299,10 +302,10 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
                 "default": cfg.method, "max_upload_mb": cfg.max_upload_mb}
 
     def job(data: bytes, filename: str, name: str, fidelity: float, aligned: bool,
-            upscale: float) -> tuple[bytes, dict]:
+            framing: str, upscale: float) -> tuple[bytes, dict]:
         method = methods.get(name, fidelity)
-        return restore_upload(data, filename, method, aligned=aligned, upscale=upscale,
-                              max_pixels=cfg.max_pixels)
+        return restore_upload(data, filename, method, aligned=aligned, framing=framing,
+                              upscale=upscale, max_pixels=cfg.max_pixels)
 
     @app.post("/api/restore")
     async def restore(request: Request):
@@ -325,11 +328,15 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
             fidelity = _parse_float(form, "fidelity", 0.5, 0.0, 1.0)
             upscale = _parse_float(form, "upscale", 1.0, 1.0, MAX_UPSCALE)
             aligned = str(form.get("aligned", "")).lower() in _TRUE
+            framing = str(form.get("framing") or "ffhq")
+            if framing not in FRAMINGS:
+                return error(400, f"unknown framing {framing!r}; choose from "
+                                  f"{', '.join(FRAMINGS)}")
             data = await upload.read()
             await form.close()
             # the worker releases the slot when the restoration really ends (even if the client
             # went away), so no more than workers + queue restorations are ever pending
-            future = pool.submit(job, data, filename, name, fidelity, aligned, upscale)
+            future = pool.submit(job, data, filename, name, fidelity, aligned, framing, upscale)
             submitted = True
             future.add_done_callback(lambda _: capacity.release())
             png, info = await asyncio.wrap_future(future)
