@@ -124,7 +124,7 @@ def _utkface_halves_and_degraded(shared_data, n: int, seed: int):
     files = list_images(shared_data / "utkface")
     pick = np.random.default_rng(seed).choice(len(files), 2 * n, replace=False)
     ims = np.stack([load_image(files[i]).rgb for i in pick])
-    cfg = preset_for_size("codeformer", ims.shape[1])
+    cfg = preset_for_size("codeformer-unscaled", ims.shape[1])  # heavy: clearly degraded
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-image ops: extra threads on a shared CPU only cost time
     try:
