@@ -96,8 +96,9 @@ def model_crops(images: list[np.ndarray]) -> list[np.ndarray]:
     return [ffhq_aligned_face(im, InputMethod()).crop for im in images]
 
 
-def score(pred: list[np.ndarray], gt: list[np.ndarray], emb) -> dict:
-    """Full-reference and no-reference scores of 512 px predictions."""
+def score(pred: list[np.ndarray], gt: list[np.ndarray], gc: list[np.ndarray], emb) -> dict:
+    """Full-reference and no-reference scores of 512 px predictions (``gc``: the ground
+    truth's ``model_crops``, made once)."""
     from flipnet.errors import NoFaceError
     from flipnet.metrics.brisque import brisque
     from flipnet.metrics.frechet import frechet_distance_images
@@ -106,7 +107,7 @@ def score(pred: list[np.ndarray], gt: list[np.ndarray], emb) -> dict:
     from flipnet.metrics.niqe import niqe
     from flipnet.metrics.psnr_ssim import psnr, ssim
 
-    pc, gc = model_crops(pred), model_crops(gt)
+    pc = model_crops(pred)
     ids = []
     for a, b in zip(pc, gc):
         try:
@@ -142,6 +143,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sets = build_sets(args)
     gt = sets["gt"]
+    gt_crops = model_crops(gt)
     emb = IdentityEmbedder(aligned=True)
     out = Path(args.out)
     results = {"n": len(gt), "seed": args.seed,
@@ -157,7 +159,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 pred = [restore_photo(im, method, aligned=mode == "aligned").image for im in lq]
                 sec = (time.perf_counter() - t0) / len(lq)
-                res[f"{s}/{mode}"] = {**score(pred, gt, emb), "seconds_per_image": sec}
+                res[f"{s}/{mode}"] = {**score(pred, gt, gt_crops, emb), "seconds_per_image": sec}
                 print(spec, s, mode, json.dumps({k: round(v, 3) for k, v in
                                                   res[f"{s}/{mode}"].items()}), flush=True)
                 if mode == "aligned":

@@ -14,22 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 
-import cv2
 import numpy as np
 import torch
 
 from flipnet.degradations.pipeline import degrade_images
 from flipnet.degradations.presets import preset_for_size
-from flipnet.faces.keep_detail import KeepDetailConfig, restoration_weight
+from flipnet.faces.keep_detail import KeepDetailConfig, change_map, restoration_weight
 from flipnet.io import to_tensor, to_uint8
 from flipnet.pipelines.methods import RestorerMethod, resolve_weights
 from flipnet.training.pairs import load_faces
-
-
-def change_map(crop: np.ndarray, restored: np.ndarray, sigma: float) -> np.ndarray:
-    """The smoothed mean absolute change / 255 that ``restoration_weight`` thresholds."""
-    change = np.abs(restored.astype(np.float32) - crop.astype(np.float32)).mean(axis=2) / 255
-    return cv2.GaussianBlur(change, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
 
 def main() -> None:

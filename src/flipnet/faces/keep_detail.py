@@ -38,15 +38,21 @@ class KeepDetailConfig:
                               f"low={self.low}, high={self.high}, sigma={self.sigma}")
 
 
-def restoration_weight(crop: np.ndarray, restored: np.ndarray,
-                       cfg: KeepDetailConfig = KeepDetailConfig()) -> np.ndarray:
-    """float32 (S, S) map in [0, 1]: how much of ``restored`` to paste over the photo, from
-    the uint8 (S, S, 3) model-size input ``crop`` and its restoration."""
+def change_map(crop: np.ndarray, restored: np.ndarray, sigma: float) -> np.ndarray:
+    """float32 (S, S) ``d``: the smoothed mean absolute change / 255 from the uint8 (S, S, 3)
+    model-size input ``crop`` to its restoration."""
     import cv2
 
     if crop.shape != restored.shape or crop.ndim != 3:
         raise ValueError(f"crop {crop.shape} and restored {restored.shape} must be the same "
                          "(S, S, 3)")
     change = np.abs(restored.astype(np.float32) - crop.astype(np.float32)).mean(axis=2) / 255
-    change = cv2.GaussianBlur(change, (0, 0), cfg.sigma, borderType=cv2.BORDER_REFLECT)
+    return cv2.GaussianBlur(change, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def restoration_weight(crop: np.ndarray, restored: np.ndarray,
+                       cfg: KeepDetailConfig = KeepDetailConfig()) -> np.ndarray:
+    """float32 (S, S) map in [0, 1]: how much of ``restored`` to paste over the photo, from
+    the uint8 (S, S, 3) model-size input ``crop`` and its restoration."""
+    change = change_map(crop, restored, cfg.sigma)
     return np.clip((change - cfg.low) / (cfg.high - cfg.low), 0.0, 1.0).astype(np.float32)
