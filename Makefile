@@ -1,5 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 # Both create a venv in the checkout (torch 2.13.0 CPU, no torchvision) on first use.
+# torch==2.13.0 is installed first on purpose: pyproject.toml allows torch>=2.3,<3, and
+# resolving that bare would pull a multi-GB CUDA build.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin

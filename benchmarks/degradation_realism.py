@@ -36,10 +36,10 @@ PRESETS = ("gfpgan", "codeformer", "difface", "raw")
 def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
                 batch_size: int = 16) -> np.ndarray:
     """HQ -> LQ with FLIPNET's degradation mode, face i seeded with seed + i."""
+    from flipnet.diffusion.flipnet_sampling import flipnet_degrade
     from flipnet.io import to_tensor, to_uint8
     from flipnet.models.flipnet import load_flipnet
-    from flipnet.pipelines.flipnet_method import flipnet_degrade
-    from flipnet.pipelines.methods import resolve_weights
+    from flipnet.weights import resolve_weights
 
     net, out = load_flipnet(resolve_weights(weights), device="cpu"), []
     with torch.no_grad():

@@ -67,7 +67,7 @@ def evaluate(args) -> None:
     """Score input / pre-fine-tune / fine-tuned / DifFace-style prior on both test sets."""
     from flipnet.faces.identity import IdentityEmbedder
     from flipnet.pipelines.bench import score
-    from flipnet.pipelines.methods import make_method
+    from flipnet.pipelines.methods import SAMPLING_METHODS, make_method
 
     raw = Path(args.raw_sets)
     sets_meta = json.loads((raw / "sets.json").read_text())
@@ -88,7 +88,9 @@ def evaluate(args) -> None:
     for label, kind, weights in methods:
         if kind != "input" and weights is None:
             continue
-        method = make_method(kind, weights, device="cpu", steps=args.prior_steps, seed=args.seed)
+        sampling = ({"steps": args.prior_steps, "seed": args.seed} if kind in SAMPLING_METHODS
+                    else {})
+        method = make_method(kind, weights, device="cpu", **sampling)
         for sname, lq, gt in (("raw", raw_lq, raw_gt), ("lfw", lfw_lq, None)):
             slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
             cache = out / "rows" / f"{slug}-{sname}.json"

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from flipnet.device import resolve_device
+from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.io import write_bytes_atomic
 from flipnet.models.flipnet import load_flipnet
-from flipnet.pipelines.flipnet_method import flipnet_degrade, flipnet_restore
-from flipnet.pipelines.methods import pick_device, resolve_weights
+from flipnet.weights import resolve_weights
 
 
 def _sync(device: torch.device) -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="out/flipnet-speed")
     args = ap.parse_args()
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     net = load_flipnet(resolve_weights(args.weights), device=device)
     rows = []
     for mode, fn in (("restore", flipnet_restore), ("degrade", flipnet_degrade)):

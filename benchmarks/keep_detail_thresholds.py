@@ -21,8 +21,9 @@ from flipnet.degradations.pipeline import degrade_images
 from flipnet.degradations.presets import preset_for_size
 from flipnet.faces.keep_detail import KeepDetailConfig, change_map, restoration_weight
 from flipnet.io import to_tensor, to_uint8
-from flipnet.pipelines.methods import RestorerMethod, resolve_weights
+from flipnet.pipelines.methods import RestorerMethod
 from flipnet.training.pairs import load_faces
+from flipnet.weights import resolve_weights
 
 
 def main() -> None:

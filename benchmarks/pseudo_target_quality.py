@@ -4,7 +4,7 @@ Unsupervised fine-tuning (Kuai et al., WACV 2025) trains the restorer toward pse
 the targets must look more like real HQ faces than the restorer's own outputs while keeping the
 person. For ``--n`` unlabeled LQ faces (train split of ``--src``) and each setting
 ``respaced:t0:tau[:N]`` (N: low-pass factor, default the paper's scaled one) this compares the restorer's outputs R with the pseudo targets P made from
-them (``flipnet.pipelines.prior_restore.guided_resample``, restorer detail kept):
+them (``flipnet.diffusion.guided_resample.guided_resample``, restorer detail kept):
 
 - mean NIQE and BRISQUE (lower is better) of R and of P;
 - dlib identity cosine between the LQ input and R, and between the LQ input and P;
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flipnet.diffusion.guided_resample import GuidedResampleConfig, guided_resample
 from flipnet.io import list_images, load_image, to_tensor, to_uint8
 from flipnet.metrics.brisque import brisque
 from flipnet.metrics.frechet import frechet_distance
@@ -36,11 +37,11 @@ from flipnet.metrics.mscn import lowlevel_features
 from flipnet.metrics.niqe import niqe
 from flipnet.models.prior import load_prior
 from flipnet.pipelines.evaluate import for_no_reference, identity_features
-from flipnet.pipelines.methods import RestorerMethod, resolve_weights
-from flipnet.pipelines.prior_restore import GuidedResampleConfig, guided_resample
+from flipnet.pipelines.methods import RestorerMethod
 from flipnet.splits import in_split
 from flipnet.training.data import FaceFolder
 from flipnet.viz import save_grid
+from flipnet.weights import resolve_weights
 
 
 def scores(images: np.ndarray, lq_ids: np.ndarray, real_low: np.ndarray) -> dict:

@@ -79,7 +79,8 @@ def time_batches(method, batch_sizes: list[int], *, min_seconds: float, seed: in
 
 def main() -> None:
     """Run the benchmark and write the JSON report."""
-    from flipnet.pipelines.methods import RestorerMethod, resolve_weights
+    from flipnet.pipelines.methods import RestorerMethod
+    from flipnet.weights import resolve_weights
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="restorer-128", help="restorer folder or shipped name")

@@ -68,6 +68,33 @@ def page(server_url):
         browser.close()
 
 
+def test_methods_are_grouped_by_quality_gate_and_the_face_size_is_stated(page):
+    assert page.input_value("#method") == "restorer"  # the first ready method is the default
+    groups = page.evaluate("""[...document.querySelectorAll('#method optgroup')].map(g => ({
+        status: g.dataset.status, label: g.label,
+        options: [...g.children].map(o => [o.value, o.textContent, o.title])}))""")
+    assert [g["status"] for g in groups] == ["ready", "baseline", "experimental"]
+    experimental = groups[2]
+    assert "Experimental" in experimental["label"]
+    options = {value: (text, title) for value, text, title in experimental["options"]}
+    assert {"finetuned", "prior", "flipnet"} <= set(options)
+    assert options["flipnet"][0] == "flipnet (experimental)"
+    assert options["flipnet"][1].startswith("ignores its input")
+    assert "restorer" in [o[0] for o in groups[0]["options"]]
+    note = page.text_content("#method-note")
+    assert "Faces are restored at 128 x 128 px by restorer." in note
+    assert "Experimental" not in note
+
+    page.select_option("#method", "flipnet")
+    note = page.text_content("#method-note")
+    assert note.startswith("Experimental: ignores its input")
+    assert "Faces are restored at 64 x 64 px by flipnet." in note
+    assert page.get_attribute("#method-note", "data-status") == "experimental"
+    page.select_option("#method", "bicubic")
+    assert page.text_content("#method-note").startswith("Baseline (no model):")
+    page.select_option("#method", "restorer")
+
+
 def test_upload_restore_compare_download(page, astronaut, tmp_path):
     src = tmp_path / "astronaut.png"
     # a degraded photo: a sharp one is (by design) barely changed (faces.keep_detail)

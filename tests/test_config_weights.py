@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +82,48 @@ def test_weights_errors(tmp_path):
         load_state_dict(tmp_path)
     with pytest.raises(WeightsError, match="not found"):
         load_state_dict(tmp_path / "nope")
+
+
+def test_weights_lookup_order(tmp_path, monkeypatch):
+    """An existing path, then $FLIPNET_WEIGHTS (in order), the checkout, the installed package."""
+    import flipnet.weights as w
+
+    roots = {k: tmp_path / k for k in ("env1", "env2", "checkout", "package")}
+    for root in roots.values():
+        (root / "m").mkdir(parents=True)
+    monkeypatch.setattr(w, "CHECKOUT_WEIGHTS_DIR", roots["checkout"])
+    monkeypatch.setattr(w, "PACKAGE_WEIGHTS_DIR", roots["package"])
+    monkeypatch.setenv("FLIPNET_WEIGHTS", os.pathsep.join([str(roots["env1"]), str(roots["env2"])]))
+    (tmp_path / "cwd" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert w.resolve_weights("m") == Path("m")  # an existing path wins over a shipped name
+    assert w.resolve_weights(tmp_path / "package" / "m") == tmp_path / "package" / "m"
+    monkeypatch.chdir(tmp_path)
+    for expected in ("env1", "env2", "checkout", "package"):
+        assert w.resolve_weights("m") == roots[expected] / "m"
+        shutil.rmtree(roots[expected] / "m")
+    with pytest.raises(WeightsError, match="no such weights folder") as err:
+        w.resolve_weights("m")
+    for place in (tmp_path / "m", *(root / "m" for root in roots.values())):
+        assert str(place) in str(err.value)
+    monkeypatch.delenv("FLIPNET_WEIGHTS")
+    monkeypatch.setattr(w, "CHECKOUT_WEIGHTS_DIR", None)  # an installed package: no checkout
+    assert [label for label, _ in w.weights_search_path()] == ["installed package"]
+    with pytest.raises(WeightsError, match=r"\$FLIPNET_WEIGHTS \(not set\)"):
+        w.resolve_weights("m")
+
+
+def test_checkout_weights_and_available_methods(tmp_path, monkeypatch):
+    """From source the checkout's weights/ is searched; methods whose weights are nowhere are
+    not listed (the baselines always are)."""
+    import flipnet.weights as w
+    from flipnet.pipelines.methods import available_methods
+
+    assert w.CHECKOUT_WEIGHTS_DIR == Path(__file__).resolve().parents[1] / "weights"
+    monkeypatch.delenv("FLIPNET_WEIGHTS", raising=False)
+    monkeypatch.setattr(w, "CHECKOUT_WEIGHTS_DIR", tmp_path / "checkout")
+    monkeypatch.setattr(w, "PACKAGE_WEIGHTS_DIR", tmp_path / "package")
+    have = available_methods()
+    assert "restorer" not in have and {"bicubic", "classical", "input"} <= set(have)
+    (tmp_path / "package" / w.DEFAULT_WEIGHTS["restorer"]).mkdir(parents=True)
+    assert "restorer" in available_methods()

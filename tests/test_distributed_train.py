@@ -15,9 +15,9 @@ import pytest
 
 from flipnet.config import save_config
 from flipnet.io import save_image
-from flipnet.models.prior import PriorConfig, ScheduleConfig
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.unet import UNetConfig
-from flipnet.training.common import checkpoints
+from flipnet.training.harness import checkpoints
 from flipnet.training.prior import PriorTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

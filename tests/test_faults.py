@@ -3,7 +3,7 @@ arguments, ends with the same files as an unbroken run and leaves no temporary o
 
 Each command runs as ``python -m flipnet.cli ...`` in a subprocess (CPU, one thread, tiny models).
 Kill points: an outside SIGKILL once the first output appears (mid-run), and the
-``FLIPNET_KILL_AT`` hook of ``training.common.fault_point`` at exact moments (between writing and
+``FLIPNET_KILL_AT`` hook of ``training.harness.fault_point`` at exact moments (between writing and
 renaming a checkpoint, between writing and swapping in the exported weights).
 """
 
@@ -24,7 +24,8 @@ import torch
 
 from flipnet.config import save_config
 from flipnet.io import save_image
-from flipnet.models.prior import PriorConfig, ScheduleConfig, save_prior
+from flipnet.models.prior import save_prior
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 from flipnet.models.unet import UNet, UNetConfig
 from flipnet.training.prior import PriorTrainConfig

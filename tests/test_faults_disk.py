@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from flipnet.config import save_config
 from flipnet.io import load_image, save_image
-from flipnet.models.prior import PriorConfig, ScheduleConfig, save_prior
+from flipnet.models.prior import save_prior
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 from flipnet.models.unet import UNet, UNetConfig
-from flipnet.training.common import checkpoints
+from flipnet.training.harness import checkpoints
 from flipnet.training.prior import PriorTrainConfig
 
 TINY_PRIOR = PriorConfig(

@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 import torch
 
+from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.boosthub import BoostHubProcessor
 from flipnet.models.face_embedding import FaceEmbeddingConfig
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, load_flipnet, save_flipnet
-from flipnet.models.prior import PriorConfig, ScheduleConfig, save_prior
+from flipnet.models.prior import save_prior
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.unet import UNet, UNetConfig
-from flipnet.pipelines.flipnet_method import FlipNetMethod, flipnet_degrade, flipnet_restore
+from flipnet.pipelines.flipnet_method import FlipNetMethod
 from flipnet.training.flipnet import FlipNetTrainConfig, frozen_checksum, mode_loss, train_flipnet
 
 TINY_PRIOR = PriorConfig(
@@ -417,7 +419,8 @@ def test_two_gloo_processes_keep_the_adapters_in_sync(train_setup):
 
 def test_finetune_accepts_flipnet_as_the_restorer(train_setup, straight_run, tmp_path):
     """Issue 5: unsupervised fine-tuning works for FLIPNET in restoration mode too."""
-    from flipnet.training.finetune import FinetuneConfig, finetune
+    from flipnet.api import finetune
+    from flipnet.training.finetune import FinetuneConfig
 
     root, _ = train_setup
     start = straight_run / "flipnet"

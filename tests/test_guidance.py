@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from flipnet.diffusion.guidance import lowpass, make_lowpass_edit, scaled_factor
+from flipnet.diffusion.guided_resample import GuidedResampleConfig, guided_resample
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError
-from flipnet.models.prior import ScheduleConfig
-from flipnet.pipelines.prior_restore import GuidedResampleConfig, guided_resample
+from flipnet.models.prior_types import ScheduleConfig
 
 
 def _dummy_prior(size=32, std=0.5):

@@ -11,7 +11,8 @@ import torch
 
 from flipnet.errors import FlipnetError
 from flipnet.io import load_image, save_image
-from flipnet.models.prior import PriorConfig, ScheduleConfig, save_prior
+from flipnet.models.prior import save_prior
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 from flipnet.models.unet import UNet, UNetConfig
 from flipnet.pipelines.pseudo_targets import PseudoTargetConfig, make_pseudo_targets
@@ -69,21 +70,15 @@ def test_pseudo_targets_refuse_output_inside_input(setup):
 
 
 def test_finetune_two_steps(setup, tmp_path):
+    from flipnet.api import finetune
     from flipnet.models.restorer import load_restorer
-    from flipnet.training.finetune import FinetuneConfig, finetune
+    from flipnet.training.finetune import FinetuneConfig
 
     cfg = FinetuneConfig(restorer=str(setup / "restorer"), unlabeled=str(setup / "lfw-lq"),
-                         out=str(tmp_path / "ft"), prior=str(setup / "prior"), t0=12, tau=5,
-                         steps=2, batch_size=2, device="cpu")
-    import flipnet.pipelines.pseudo_targets as pt
-
-    orig = pt.PseudoTargetConfig
-    pt.PseudoTargetConfig = lambda **kw: orig(**{**kw, "respaced_steps": 20})
-    try:
-        with pytest.warns(UserWarning):
-            folder = finetune(cfg)
-    finally:
-        pt.PseudoTargetConfig = orig
+                         out=str(tmp_path / "ft"), prior=str(setup / "prior"),
+                         respaced_steps=20, t0=12, tau=5, steps=2, batch_size=2, device="cpu")
+    with pytest.warns(UserWarning):
+        folder = finetune(cfg)
     model, rcfg = load_restorer(folder)
     assert rcfg == TINY_RESTORER
     base, _ = load_restorer(setup / "restorer")

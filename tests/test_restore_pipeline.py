@@ -12,7 +12,8 @@ from flipnet.errors import WeightsError
 from flipnet.faces.paste import paste_faces
 from flipnet.io import load_image, save_image
 from flipnet.pipelines.methods import BicubicMethod, InputMethod, make_method
-from flipnet.pipelines.restore import find_faces, restore_files, restore_frames, restore_photo
+from flipnet.pipelines.photo import find_faces, restore_frames, restore_photo
+from flipnet.pipelines.restore import restore_files
 
 
 class Darken(InputMethod):

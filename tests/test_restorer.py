@@ -10,7 +10,7 @@ import torch
 
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.discriminator import DiscriminatorConfig, PatchDiscriminator
-from flipnet.models.prior import Prior, PriorConfig, ScheduleConfig
+from flipnet.models.prior_types import Prior, PriorConfig, ScheduleConfig
 from flipnet.models.restorer import (
     Restorer,
     RestorerConfig,

@@ -4,8 +4,11 @@ for capacity and caching)."""
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,7 +20,18 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
 from flipnet.errors import ImageReadError
-from flipnet.serve import BUSY_MESSAGE, MethodCache, ServeConfig, create_app, decode_upload
+from flipnet.gate import NO_GATE, Gate, read_gate
+from flipnet.serve import (
+    BUSY_MESSAGE,
+    MethodCache,
+    MethodInfo,
+    ServeConfig,
+    create_app,
+    decode_upload,
+    default_method_factory,
+)
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 def png_bytes(rgb: np.ndarray, mode: str | None = None) -> bytes:
@@ -55,7 +69,8 @@ def fake_app(method: InvertMethod, **cfg):
         return method
 
     cfg = ServeConfig(method="invert", **cfg)
-    return create_app(cfg, method_factory=factory, method_names=["invert"]), calls
+    methods = [MethodInfo("invert", "ready", "a test fake", 128)]
+    return create_app(cfg, method_factory=factory, methods=methods), calls
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +248,102 @@ def test_decode_upload_names_the_upload_not_the_temp_file():
     big = png_bytes(np.zeros((50, 50, 3), np.uint8))
     with pytest.raises(ImageReadError, match="over the limit"):
         decode_upload(big, "big.png", max_pixels=100)
+
+
+def by_name(listing: dict) -> dict:
+    return {m["name"]: m for m in listing["methods"]}
+
+
+def test_method_list_follows_the_quality_gates_of_the_shipped_weights():
+    with TestClient(create_app(ServeConfig(device="cpu"))) as client:
+        listing = client.get("/api/methods").json()
+    methods = by_name(listing)
+    assert methods["restorer"]["status"] == "ready"
+    assert methods["restorer"]["reason"] == read_gate(WEIGHTS / "restorer-128").reason
+    assert methods["flipnet"]["status"] == "experimental"
+    assert methods["flipnet"]["reason"].startswith("ignores its input")
+    assert methods["prior"]["status"] == "experimental"
+    assert methods["finetuned"]["status"] == "experimental"
+    assert {methods[b]["status"] for b in ("input", "bicubic", "classical")} == {"baseline"}
+    # the face size each restores at, from its weights' config (baselines: the 128 px crop)
+    assert {n: m["face_size"] for n, m in methods.items()} == {
+        "restorer": 128, "finetuned": 128, "prior": 64, "flipnet": 64,
+        "bicubic": 128, "classical": 128, "input": 128}
+    assert listing["default"] == "restorer"
+    assert all(m["fidelity"] == (m["name"] in ("prior", "flipnet")) for m in methods.values())
+
+
+def test_weights_without_a_gate_are_experimental(tmp_path, monkeypatch):
+    bare = tmp_path / "restorer-128"  # found before the shipped folder ($FLIPNET_WEIGHTS first)
+    bare.mkdir()
+    shutil.copy(WEIGHTS / "restorer-128" / "config.json", bare)
+    monkeypatch.setenv("FLIPNET_WEIGHTS", str(tmp_path))
+    assert read_gate(bare) == Gate(False, NO_GATE)
+    with TestClient(create_app(ServeConfig(device="cpu"))) as client:
+        listing = client.get("/api/methods").json()
+    restorer = by_name(listing)["restorer"]
+    assert restorer == {"name": "restorer", "status": "experimental", "reason": NO_GATE,
+                        "face_size": 128, "fidelity": False}
+    assert listing["default"] == "bicubic"  # no ready method left: the first baseline
+
+    (bare / "gate.json").write_text('{"passed": "yes", "reason": "looks fine"}')
+    assert not read_gate(bare).passed and "gate.json is invalid" in read_gate(bare).reason
+    (bare / "gate.json").write_text(json.dumps({"passed": True, "reason": "checked\n today"}))
+    assert read_gate(bare) == Gate(True, "checked today")
+
+
+def test_shipped_gates_are_recorded_in_the_model_cards():
+    for folder in sorted(p for p in WEIGHTS.iterdir() if (p / "config.json").is_file()):
+        gate = read_gate(folder)
+        assert gate.reason != NO_GATE and gate.measured, folder.name
+        card = (folder / "MODEL_CARD.md").read_text()
+        section = card.split("## Quality gate", 1)[1]
+        assert gate.reason in section, folder.name
+        assert ("**Passed" if gate.passed else "**Not passed") in section, folder.name
+
+
+def test_experimental_method_restores_when_chosen_and_is_labelled(crop):
+    cfg = ServeConfig()
+    methods = [MethodInfo("invert", "ready", "a test fake", 128),
+               MethodInfo("shaky", "experimental", "ignores its input", 64, fidelity=True)]
+    built = []
+
+    def factory(name, fidelity):
+        built.append(name)
+        return InvertMethod()
+
+    with TestClient(create_app(cfg, method_factory=factory, methods=methods)) as client:
+        listing = client.get("/api/methods").json()
+        assert listing["default"] == "invert"  # never an experimental one
+        assert by_name(listing)["shaky"]["reason"] == "ignores its input"
+        r = post(client, png_bytes(crop), method="shaky", aligned=1, framing="flipnet")
+        r2 = post(client, png_bytes(crop), aligned=1, framing="flipnet")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-method"] == "shaky" and r.headers["x-method-status"] == "experimental"
+    assert r2.headers["x-method"] == "invert" and r2.headers["x-method-status"] == "ready"
+    assert built == ["shaky", "invert"]
+
+
+def test_sampling_options_go_only_to_diffusion_methods(monkeypatch):
+    import flipnet.pipelines.methods as methods_module
+
+    calls = []
+    monkeypatch.setattr(methods_module, "make_method",
+                        lambda name, weights=None, **kw: calls.append((name, kw)))
+    make = default_method_factory(ServeConfig(device="cpu", steps=20))
+    for name in ("restorer", "bicubic", "prior", "flipnet"):
+        make(name, 0.3)
+    assert calls == [("restorer", {"device": "cpu"}), ("bicubic", {"device": "cpu"}),
+                     ("prior", {"device": "cpu", "fidelity": 0.3, "steps": 20, "seed": 0}),
+                     ("flipnet", {"device": "cpu", "fidelity": 0.3, "steps": 20, "seed": 0})]
+
+
+def test_page_has_the_method_note_and_groups_experimental_methods():
+    app, _ = fake_app(InvertMethod())
+    with TestClient(app) as client:
+        page = client.get("/").text
+        script = client.get("/static/app.js").text
+    assert 'id="method-note"' in page
+    assert "optgroup" in script and '"experimental"' in script
+    assert "Faces are restored at" in script
+

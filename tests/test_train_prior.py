@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from flipnet.errors import ConfigError
 from flipnet.io import save_image
-from flipnet.models.prior import PriorConfig, ScheduleConfig, load_prior
+from flipnet.models.prior import load_prior
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.unet import UNetConfig
 from flipnet.pipelines.sample import sample_prior
-from flipnet.training.common import EMA, TrainingDiverged, checkpoints, every
 from flipnet.training.data import FaceFolder, ShuffleFlipSampler
+from flipnet.training.harness import EMA, TrainingDiverged, checkpoints, every
 from flipnet.training.prior import PriorTrainConfig, train_prior
 
 TINY_PRIOR = PriorConfig(

@@ -18,7 +18,7 @@ from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import load_image, save_image
 from flipnet.models.restorer import RestorerConfig, load_restorer
 from flipnet.splits import utkface_split
-from flipnet.training.common import checkpoints
+from flipnet.training.harness import checkpoints
 from flipnet.training.pairs import (
     PairFolder,
     PairSampler,

@@ -13,15 +13,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from flipnet.training.common import (
+from flipnet.training.data import ShuffleFlipSampler
+from flipnet.training.harness import (
     EMA,
     TrainingDiverged,
+    TrainingRun,
     checkpoints,
+    make_loader,
     set_lr,
     warmup_lr,
 )
-from flipnet.training.data import ShuffleFlipSampler
-from flipnet.training.harness import TrainingRun, make_loader
 
 
 @dataclass(frozen=True)

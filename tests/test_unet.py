@@ -10,7 +10,8 @@ from torch import nn
 
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.attention import Attention, AttnProcessor
-from flipnet.models.prior import PriorConfig, ScheduleConfig, load_prior, save_prior
+from flipnet.models.prior import load_prior, save_prior
+from flipnet.models.prior_types import PriorConfig, ScheduleConfig
 from flipnet.models.unet import UNet, UNetConfig
 
 TINY = UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,

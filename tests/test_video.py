@@ -12,7 +12,13 @@ import pytest
 
 from flipnet.errors import ImageReadError
 from flipnet.pipelines.methods import BicubicMethod, InputMethod
-from flipnet.pipelines.video import exact_fps, is_video, iter_frames, restore_video
+from flipnet.pipelines.video import (
+    TrackedFrames,
+    exact_fps,
+    is_video,
+    iter_frames,
+    restore_video,
+)
 
 FRAMES = 12
 
@@ -72,19 +78,19 @@ def test_video_without_audio(tmp_path):
 
 
 def test_interrupted_run_resumes_from_finished_segments(tmp_path, monkeypatch):
-    import flipnet.pipelines.restore as restore_mod
+    import flipnet.pipelines.video as video_mod
 
     calls = []
-    real = restore_mod.restore_frames
+    real = video_mod.restore_crops
 
-    def counting(frames, method, **kw):
-        calls.append(len(frames))
+    def counting(per_frame, method, timings):
+        calls.append(len(per_frame))
         if sum(calls) > 6:  # dies on frames 6-7: inside the second 4-frame segment
             raise KeyboardInterrupt
-        return real(frames, method, **kw)
+        return real(per_frame, method, timings)
 
     src = make_clip(tmp_path / "c.mp4", frames=10, audio=False)
-    monkeypatch.setattr(restore_mod, "restore_frames", counting)
+    monkeypatch.setattr(video_mod, "restore_crops", counting)
     with pytest.raises(KeyboardInterrupt):
         restore_video(src, tmp_path / "o", InputMethod(), progress=False, segment_frames=4,
                       batch_frames=2)
@@ -92,9 +98,9 @@ def test_interrupted_run_resumes_from_finished_segments(tmp_path, monkeypatch):
     assert not (tmp_path / "o" / "restored_videos" / "c.mp4").exists()  # no half output
     assert sorted(p.name for p in work.glob("part*.ts")) == ["part00000.ts"]
     calls.clear()
-    monkeypatch.setattr(restore_mod, "restore_frames",
-                        lambda frames, method, **kw: calls.append(len(frames))
-                        or real(frames, method, **kw))
+    monkeypatch.setattr(video_mod, "restore_crops",
+                        lambda per_frame, method, timings: calls.append(len(per_frame))
+                        or real(per_frame, method, timings))
     entry = restore_video(src, tmp_path / "o", InputMethod(), progress=False, segment_frames=4,
                           batch_frames=2)
     assert sum(calls) == 6  # segment 0 (4 frames) was not redone
@@ -133,6 +139,87 @@ def test_helpers():
     assert is_video("a/B.MP4") and is_video("x.webm") and not is_video("x.png")
     assert exact_fps(29.97) == pytest.approx(30000 / 1001) and exact_fps(25.0) == 25
     assert exact_fps(23.98).denominator == 1001
+
+
+def jittered_face_clip(astronaut, frames: int, *, noise: float, seed: int = 0):
+    """A 160 px clip of the astronaut's face moved by a known random similarity per frame
+    (up to 1.5 px, 0.5 deg, 0.5 %) with fresh noise: the frames and their (2, 3) jitters."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    still = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)[:160, 30:190]
+    still = cv2.GaussianBlur(still, (0, 0), 1.0)
+    clip, maps = [], []
+    for _ in range(frames):
+        m = cv2.getRotationMatrix2D((80, 80), rng.uniform(-0.5, 0.5),
+                                    1 + rng.uniform(-0.005, 0.005))
+        m[:, 2] += rng.uniform(-1.5, 1.5, 2)
+        moved = cv2.warpAffine(still, m, (160, 160), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+        clip.append(np.clip(np.rint(moved + rng.normal(0, noise, moved.shape)), 0, 255)
+                    .astype(np.uint8))
+        maps.append(m)
+    return clip, maps
+
+
+def face_flicker(frames, maps, box=(58, 41, 103, 85)) -> float:
+    """Mean |frame t - frame t-1| inside the face box, each frame warped back by the inverse
+    of its known jitter (0-255 levels)."""
+    import cv2
+
+    x0, y0, x1, y1 = box
+    back = [cv2.warpAffine(f, cv2.invertAffineTransform(m), (160, 160),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            [y0:y1, x0:x1].astype(np.float32) for f, m in zip(frames, maps)]
+    return float(np.mean([np.abs(a - b).mean() for a, b in zip(back[1:], back[:-1])]))
+
+
+def test_restored_faces_flicker_less_than_the_input(astronaut):
+    """Issue 19: the restored face's frame-to-frame change must not exceed the input's. Per
+    frame detection and alignment (before) gave 0.77 x the input's on this clip, landmark
+    smoothing alone 0.75 x; with the temporal blend the default gives about 0.5 x."""
+    from flipnet.pipelines.methods import make_method
+
+    clip, maps = jittered_face_clip(astronaut, 12, noise=6.0)
+    restore = TrackedFrames(make_method("restorer", device="cpu"))
+    out = [r.image for i in range(0, len(clip), 4) for r in restore(clip[i:i + 4])]
+    assert all(len(r.faces) == 1 for r in restore(clip[:1]))
+    assert face_flicker(out, maps) < 0.65 * face_flicker(clip, maps)
+
+
+def test_resumed_video_with_faces_matches_an_uninterrupted_run(astronaut, tmp_path,
+                                                               monkeypatch):
+    """The tracker's state is saved with each finished segment, so a resumed run restores
+    the frames after it exactly as an uninterrupted run does."""
+    import flipnet.pipelines.video as video_mod
+
+    clip, _ = jittered_face_clip(astronaut, 10, noise=3.0)
+    src = tmp_path / "face.mp4"
+    writer = imageio_ffmpeg.write_frames(str(src), (160, 160), fps=25, macro_block_size=1,
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    for f in clip:
+        writer.send(np.ascontiguousarray(f))
+    writer.close()
+    kw = {"progress": False, "segment_frames": 4, "batch_frames": 2, "detect_every": 3}
+    straight = restore_video(src, tmp_path / "a", BicubicMethod(), **kw)
+    real, calls = video_mod.restore_crops, []
+
+    def dying(per_frame, method, timings):
+        calls.append(len(per_frame))
+        if sum(calls) > 6:
+            raise KeyboardInterrupt
+        return real(per_frame, method, timings)
+
+    monkeypatch.setattr(video_mod, "restore_crops", dying)
+    with pytest.raises(KeyboardInterrupt):
+        restore_video(src, tmp_path / "b", BicubicMethod(), **kw)
+    monkeypatch.setattr(video_mod, "restore_crops", real)
+    resumed = restore_video(src, tmp_path / "b", BicubicMethod(), **kw)
+    assert straight["faces"] == resumed["faces"] == 10
+    pairs = list(zip(iter_frames(straight["output"])[1], iter_frames(resumed["output"])[1],
+                     strict=True))
+    assert len(pairs) == 10 and all(np.array_equal(a, b) for a, b in pairs)
 
 
 @pytest.mark.slow

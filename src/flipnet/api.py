@@ -7,15 +7,24 @@
     r.restore_batch([photo1, photo2])      # one forward pass over all their faces
     r.restore_video("clip.mp4", "out")     # -> out/restored_videos/clip.mp4, audio kept
     lq, params = Degrader("codeformer", seed=0).degrade(face)
+    finetune(FinetuneConfig(restorer="restorer-128", unlabeled="real_lq_faces/"))
+
+The API sits on top of the layers: it may compose pipelines and training (``finetune`` makes
+pseudo targets with ``pipelines.pseudo_targets`` and then trains with ``training.finetune``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flipnet.io import to_tensor, to_uint8
+
+if TYPE_CHECKING:
+    from flipnet.training.finetune import FinetuneConfig
 
 
 def _to_array(image) -> tuple[np.ndarray, bool, np.ndarray | None]:
@@ -60,9 +69,14 @@ class Restorer:
         self.upscale, self.aligned, self.only_center_face = upscale, aligned, only_center_face
 
     @classmethod
-    def load(cls, name_or_path: str = "restorer", *, device: str = "auto",
-             method: str | None = None, **options) -> Restorer:
-        """A method by name (restorer, finetuned, prior, bicubic) or a restorer weights folder."""
+    def load(cls, name_or_path: str = "restorer", *, method: str | None = None,
+             device: str = "auto", batch_size: int = 16, steps: int | None = None,
+             seed: int | None = None, fidelity: float | None = None, backend: str = "torch",
+             upscale: float = 1.0, aligned: bool = False,
+             only_center_face: bool = False) -> Restorer:
+        """A method by name (restorer, finetuned, prior, flipnet, bicubic, classical, input) or a
+        restorer weights folder; ``steps``/``seed``/``fidelity`` only for prior and flipnet (see
+        ``flipnet.pipelines.methods.make_method``)."""
         from flipnet.pipelines.methods import METHODS, make_method
 
         if method is None:
@@ -70,9 +84,9 @@ class Restorer:
                 ("restorer", name_or_path)
         else:
             weights = name_or_path
-        keys = ("upscale", "aligned", "only_center_face")
-        photo = {k: options.pop(k) for k in keys if k in options}
-        return cls(make_method(method, weights, device=device, **options), **photo)
+        made = make_method(method, weights, device=device, batch_size=batch_size, steps=steps,
+                           seed=seed, fidelity=fidelity, backend=backend)
+        return cls(made, upscale=upscale, aligned=aligned, only_center_face=only_center_face)
 
     def restore(self, image) -> Result:
         """Restore one photo: numpy uint8 RGB(A) or PIL in, the same type out."""
@@ -113,11 +127,12 @@ class Degrader:
         self.seed, self.steps, self._count = seed, steps, 0
         self.net = self.cfg = None
         if preset == "flipnet":
+            from flipnet.device import resolve_device
             from flipnet.models.flipnet import load_flipnet
-            from flipnet.pipelines.methods import DEFAULT_WEIGHTS, pick_device, resolve_weights
+            from flipnet.weights import DEFAULT_WEIGHTS, resolve_weights
 
             folder = resolve_weights(weights or DEFAULT_WEIGHTS["flipnet"])
-            self.net = load_flipnet(folder, prior=None, device=pick_device(device))
+            self.net = load_flipnet(folder, prior=None, device=resolve_device(device))
             return
         from flipnet.degradations.presets import get_preset, preset_for_size
 
@@ -132,7 +147,7 @@ class Degrader:
         self._count += 1
         with torch.no_grad():
             if self.net is not None:
-                from flipnet.pipelines.flipnet_method import flipnet_degrade
+                from flipnet.diffusion.flipnet_sampling import flipnet_degrade
 
                 lq = flipnet_degrade(self.net, to_tensor(rgb), steps=self.steps, seed=seed)
                 params = {"method": "flipnet", "steps": self.steps, "seed": seed}
@@ -142,3 +157,17 @@ class Degrader:
                 lq, batch_params = degrade_images(to_tensor(rgb), self.cfg, seed=seed)
                 params = batch_params[0]
         return _from_array(to_uint8(lq)[0], as_pil, alpha), params
+
+
+def finetune(cfg: FinetuneConfig) -> Path:
+    """``flipnet finetune``: pseudo targets for ``cfg.unlabeled`` under ``cfg.out/pseudo``
+    (resumable), then fine-tuning ``cfg.restorer`` on them; returns the exported weights folder."""
+    from flipnet.pipelines.pseudo_targets import PseudoTargetConfig, make_pseudo_targets
+    from flipnet.training.finetune import finetune_on_pairs
+
+    pseudo = Path(cfg.out) / "pseudo"
+    make_pseudo_targets(cfg.unlabeled, pseudo, PseudoTargetConfig(
+        restorer=cfg.restorer, prior=cfg.prior, respaced_steps=cfg.respaced_steps, t0=cfg.t0,
+        tau=cfg.tau, factor=cfg.factor, seed=cfg.seed, split=cfg.split, limit=cfg.limit,
+        device=cfg.device))
+    return finetune_on_pairs(cfg, pseudo)

@@ -1,8 +1,10 @@
-"""The ``flipnet`` command: prepare | degrade | restore | train | sample | eval | bench | serve | demo.
+"""The ``flipnet`` command: prepare | degrade | restore | export | train | sample | eval | bench |
+serve | demo | pseudo-targets | finetune.
 
 Every failure flipnet anticipates (a bad file, missing weights, a bad option) is printed as one
-``error:`` line with exit status 2; no traceback. Heavy modules are imported inside commands so
-``flipnet --help`` stays fast.
+``error:`` line with exit status 2; no traceback. Heavy modules are imported inside commands, and
+the options of config-built commands are made on first use (``ConfigCommand``), so ``flipnet
+--help`` and ``flipnet restore --help`` import no torch (``tests/test_cli_options.py`` checks).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from flipnet.cli_options import config_options, print_config, resolve_config
+from flipnet.cli_options import ConfigCommand, print_config, resolve_config
 from flipnet.errors import FlipnetError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -50,12 +52,11 @@ def prepare(src, dst, size, template, detector, min_sharpness, pad, limit, worke
     click.echo(report.summary() if hasattr(report, "summary") else report)
 
 
-@cli.command()
+@cli.command(cls=ConfigCommand, config="flipnet.pipelines.degrade:DegradeConfig")
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dst", type=click.Path())
 @click.option("--method", type=click.Choice(["naive", "flipnet"]), default="naive",
               help="naive = the synthetic pipeline (--preset); flipnet = learned degradation mode.")
-@config_options(__import__("flipnet.pipelines.degrade", fromlist=["DegradeConfig"]).DegradeConfig)
 def degrade(src, dst, method, dry_run, **kwargs) -> None:
     """Turn HQ faces into LQ faces and write the sampled parameters as params.json."""
     from flipnet.pipelines.degrade import DegradeConfig, degrade_folder
@@ -77,8 +78,7 @@ def degrade(src, dst, method, dry_run, **kwargs) -> None:
     click.echo(report.summary() if hasattr(report, "summary") else report)
 
 
-@cli.command(name="eval")
-@config_options(__import__("flipnet.pipelines.evaluate", fromlist=["EvalConfig"]).EvalConfig)
+@cli.command(name="eval", cls=ConfigCommand, config="flipnet.pipelines.evaluate:EvalConfig")
 def eval_(dry_run, **kwargs) -> None:
     """Score restored faces: no-reference, full-reference (--gt) and distribution (--ref)."""
     from rich.console import Console
@@ -102,47 +102,118 @@ def eval_(dry_run, **kwargs) -> None:
         click.echo(json.dumps(result["metrics"]))
 
 
+BG_UPSAMPLERS = ("none", "lanczos")  # both resize the background without a model (see --help)
+EXPLICIT_ONLY = ("steps", "seed", "fidelity", "backend")  # passed to make_method only when given
+
+
+def _bg_upsampler(ctx, param, value: str) -> str:
+    """GFPGAN's ``--bg_upsampler``: accept the model-free choices, refuse the rest by name."""
+    value = value.lower()
+    if value not in BG_UPSAMPLERS:
+        raise click.BadParameter(
+            f"{value!r} is not available (flipnet ships no background model such as "
+            "Real-ESRGAN); use none or lanczos: both resize the background by -s/--upscale with "
+            "Lanczos, as GFPGAN and CodeFormer do without a background model",
+            ctx=ctx, param=param)
+    return value
+
+
+def _name_suffix(ctx, param, value: str | None) -> str | None:
+    """``--suffix`` becomes part of a file name: refuse path separators."""
+    if value is not None and ("/" in value or "\\" in value):
+        raise click.BadParameter(f"{value!r}: a name suffix cannot contain / or \\",
+                                 ctx=ctx, param=param)
+    return value
+
+
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-o", "--out", type=click.Path(), required=True, help="Output folder.")
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.option("-i", "--input", "--input_path", "more_inputs", multiple=True,
+              type=click.Path(exists=True),
+              help="A photo, video or folder to restore; repeatable, added to INPUTS "
+                   "(GFPGAN -i/--input, CodeFormer -i/--input_path).")
+@click.option("-o", "--output", "--output_path", "--out", "out", type=click.Path(), required=True,
+              help="Output folder (GFPGAN -o/--output, CodeFormer -o/--output_path).")
 @click.option("--method", default="restorer",
               type=click.Choice(["restorer", "finetuned", "prior", "flipnet", "bicubic", "classical",
                                  "input"]),
               help="Restoration method.")
 @click.option("--weights", default=None, help="Weights folder (default: the shipped one).")
-@click.option("--upscale", default=1.0, help="Upscale the whole photo (background: Lanczos).")
+@click.option("--backend", default="torch", type=click.Choice(["torch", "onnx"]),
+              help="Run the network with torch, or with onnxruntime (restorer methods; needs "
+                   "`pip install onnxruntime onnx`): uses WEIGHTS/model.onnx when it matches the "
+                   "weights, else exports once into $FLIPNET_CACHE (~/.cache/flipnet/onnx).")
+@click.option("-s", "--upscale", default=1.0,
+              help="Scale the whole photo by this factor, faces pasted at the new size "
+                   "(GFPGAN/CodeFormer -s/--upscale; their default is 2).")
+@click.option("--bg_upsampler", "--bg-upsampler", "bg_upsampler", default="lanczos",
+              metavar="[none|lanczos]", callback=_bg_upsampler,
+              help="How -s/--upscale enlarges the background: none or lanczos, the same here: a "
+                   "Lanczos resize (what GFPGAN/CodeFormer do with --bg_upsampler none); "
+                   "realesrgan is not available.")
 @click.option("--aligned", "--has_aligned", "aligned", is_flag=True,
-              help="Inputs are already aligned face crops (see --framing).")
+              help="Inputs are already aligned face crops, see --framing (GFPGAN --aligned, "
+                   "CodeFormer --has_aligned).")
 @click.option("--framing", default="ffhq", type=click.Choice(["ffhq", "flipnet"]),
               help="--aligned crops are: ffhq (the field's 512 px FFHQ-aligned crops, output in "
                    "the same framing) or flipnet (flipnet's own tight UTKFace-style crops).")
 @click.option("--keep-detail/--no-keep-detail", default=True,
               help="Paste a face only where restoration changed it, so a sharp face keeps its "
                    "own detail (see docs/BENCHMARKS.md, 'Do no harm').")
-@click.option("--only-center-face", is_flag=True, help="Restore only the face nearest the centre.")
-@click.option("--fidelity", default=0.5, help="0 = more detail ... 1 = more faithful to the input "
-              "(diffusion methods; ignored by the feed-forward restorer).")
-@click.option("--steps", default=50, help="Sampling steps (diffusion methods).")
-@click.option("--seed", default=0, help="Seed (diffusion methods).")
+@click.option("--only-center-face", "--only_center_face", "only_center_face", is_flag=True,
+              help="Restore only the face nearest the centre (GFPGAN/CodeFormer "
+                   "--only_center_face).")
+@click.option("-w", "--fidelity", "--fidelity_weight", "fidelity", default=0.5,
+              type=click.FloatRange(0.0, 1.0),
+              help="0 = more detail (quality) ... 1 = closer to the input (fidelity), as "
+                   "CodeFormer's -w/--fidelity_weight; diffusion methods (prior, flipnet) only, "
+                   "the others refuse it.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Sampling steps; diffusion methods (prior, flipnet) only, the others refuse "
+                   "it. [default: the method's own: 50 for prior and flipnet]")
+@click.option("--seed", default=0, help="Seed of the sampling noise; diffusion methods (prior, "
+              "flipnet) only, the others refuse it.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
               help="Device.")
 @click.option("--batch-size", default=16, help="Faces per forward pass.")
-@click.option("--ext", default="auto", help="Output extension: auto (same as input), png, jpg...")
+@click.option("--suffix", default=None, callback=_name_suffix,
+              help="Appended to restored file names: restored_imgs/NAME_SUFFIX.EXT, "
+                   "restored_faces/NAME_00_SUFFIX.png (GFPGAN/CodeFormer --suffix). "
+                   "[default: none]")
+@click.option("--ext", default="auto",
+              help="Extension of restored_imgs/: auto (the input's), png, jpg... (GFPGAN --ext).")
 @click.option("--detector", default="hog", type=click.Choice(["hog", "cnn"]), help="Face detector.")
-def restore(inputs, out, method, weights, upscale, aligned, framing, keep_detail, only_center_face,
-            fidelity, steps, seed, device, batch_size, ext, detector) -> None:
+@click.option("--smooth/--no-smooth", default=True,
+              help="Videos: smooth each face's landmarks over time (One-Euro filter), so the "
+                   "restored face does not flicker with alignment jitter.")
+@click.option("--detect-every", default=5, type=click.IntRange(min=1),
+              help="Videos: run the face detector every K frames and track faces by optical "
+                   "flow in between (1 = detect every frame).")
+@click.option("--temporal", default=0.6, type=click.FloatRange(0.0, 0.95),
+              help="Videos: weight of the previous frame's restored face, blended in where the "
+                   "input did not change (0 = off).")
+@click.pass_context
+def restore(ctx, inputs, more_inputs, out, method, weights, backend, upscale, bg_upsampler,
+            aligned, framing, keep_detail, only_center_face, fidelity, steps, seed, device,
+            batch_size, suffix, ext, detector, smooth, detect_every, temporal) -> None:
     """Restore the faces in photos and videos (files or folders) into GFPGAN's output layout.
 
-    Videos (mp4 mov mkv avi webm m4v) go to OUT/restored_videos/NAME.mp4 with their audio.
-    Exit status: 0 all done, 1 some inputs skipped (each named on stderr), 2 error.
+    Options a method does not use (--steps, --seed, --fidelity, --backend) are refused, not
+    ignored. Videos (mp4 mov mkv avi webm m4v) go to OUT/restored_videos/NAME.mp4 with their
+    audio. Exit status: 0 all done, 1 some inputs skipped (each named on stderr), 2 error.
     Under `accelerate launch --num_processes N` the inputs are split across the processes.
     """
+    from click.core import ParameterSource
+
     from flipnet.faces.keep_detail import KeepDetailConfig
     from flipnet.io import list_images
     from flipnet.pipelines.methods import make_method
     from flipnet.pipelines.restore import distributed_state, restore_files
     from flipnet.pipelines.video import is_video, list_videos
 
+    inputs = (*inputs, *more_inputs)
+    if not inputs:
+        raise click.UsageError("no input: name photos, videos or folders (or use -i/--input)")
     files = sorted({Path(f) for src in inputs for f in (
         [Path(src)] if Path(src).is_file() else list_images(src) + list_videos(src))})
     if not files:
@@ -150,16 +221,23 @@ def restore(inputs, out, method, weights, upscale, aligned, framing, keep_detail
     state = distributed_state()
     if state is not None and device == "auto":
         device = str(state.device)  # one device per process
-    m = make_method(method, weights, device=device, batch_size=batch_size, steps=steps,
-                    seed=seed, fidelity=fidelity)
-    settings = {"method": method, "weights": weights, "upscale": upscale, "aligned": aligned,
-                "framing": framing, "keep_detail": keep_detail,
-                "only_center_face": only_center_face, "fidelity": fidelity, "steps": steps,
-                "seed": seed, "device": device, "batch_size": batch_size, "detector": detector}
-    report = restore_files(files, Path(out), m, ext=ext, settings=settings, upscale=upscale,
+    # a method refuses an option it does not use, so pass only what the user typed
+    chosen = {"steps": steps, "seed": seed, "fidelity": fidelity, "backend": backend}
+    given = {k: chosen[k] for k in EXPLICIT_ONLY
+             if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)}
+    m = make_method(method, weights, device=device, batch_size=batch_size, **given)
+    settings = {"method": method, "weights": weights, "backend": backend, "upscale": upscale,
+                "bg_upsampler": bg_upsampler, "aligned": aligned, "framing": framing,
+                "keep_detail": keep_detail, "only_center_face": only_center_face,
+                "fidelity": fidelity, "steps": steps, "seed": seed, "device": device,
+                "batch_size": batch_size, "suffix": suffix, "ext": ext, "detector": detector}
+    video_options = {"smooth": smooth, "detect_every": detect_every, "temporal": temporal}
+    report = restore_files(files, Path(out), m, ext=ext, suffix=suffix,
+                           settings={**settings, **video_options}, upscale=upscale,
                            aligned=aligned, framing=framing,
                            keep_detail=KeepDetailConfig() if keep_detail else None,
-                           only_center_face=only_center_face, detector=detector)
+                           only_center_face=only_center_face, detector=detector,
+                           video_options=video_options)
     if state is not None and not state.is_main_process:
         return
     faces = sum(v.get("faces", 0) for v in report["images"].values())
@@ -177,8 +255,7 @@ def train() -> None:
     """Train a component (Accelerate: CPU, one GPU, or `accelerate launch` for many)."""
 
 
-@train.command(name="prior")
-@config_options(__import__("flipnet.training.prior", fromlist=["PriorTrainConfig"]).PriorTrainConfig)
+@train.command(name="prior", cls=ConfigCommand, config="flipnet.training.prior:PriorTrainConfig")
 def train_prior_cmd(dry_run, **kwargs) -> None:
     """Train the unconditional face diffusion prior; exports EMA weights + model card."""
     from flipnet.training.prior import PriorTrainConfig, train_prior
@@ -189,9 +266,8 @@ def train_prior_cmd(dry_run, **kwargs) -> None:
     click.echo(f"prior exported to {train_prior(cfg)}")
 
 
-@train.command(name="embedder")
-@config_options(__import__("flipnet.training.face_embedding",
-                           fromlist=["EmbedderTrainConfig"]).EmbedderTrainConfig)
+@train.command(name="embedder", cls=ConfigCommand,
+               config="flipnet.training.face_embedding:EmbedderTrainConfig")
 def train_embedder_cmd(dry_run, **kwargs) -> None:
     """Train FLIPNET's face embedder (stage I reconstruction, stage II LQ->HQ token alignment)."""
     from flipnet.training.face_embedding import EmbedderTrainConfig, train_face_embedding
@@ -202,8 +278,8 @@ def train_embedder_cmd(dry_run, **kwargs) -> None:
     click.echo(f"embedder exported to {train_face_embedding(cfg)}")
 
 
-@train.command(name="flipnet")
-@config_options(__import__("flipnet.training.flipnet", fromlist=["FlipNetTrainConfig"]).FlipNetTrainConfig)
+@train.command(name="flipnet", cls=ConfigCommand,
+               config="flipnet.training.flipnet:FlipNetTrainConfig")
 def train_flipnet_cmd(dry_run, **kwargs) -> None:
     """Train FLIPNET adapters on a frozen prior (restoration + degradation mode every step)."""
     from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
@@ -214,9 +290,8 @@ def train_flipnet_cmd(dry_run, **kwargs) -> None:
     click.echo(f"FLIPNET exported to {train_flipnet(cfg)}")
 
 
-@train.command(name="restorer")
-@config_options(
-    __import__("flipnet.training.restorer", fromlist=["RestorerTrainConfig"]).RestorerTrainConfig)
+@train.command(name="restorer", cls=ConfigCommand,
+               config="flipnet.training.restorer:RestorerTrainConfig")
 def train_restorer_cmd(dry_run, **kwargs) -> None:
     """Train the fast feed-forward restorer on synthetic pairs (or --pairs-dir pairs)."""
     from flipnet.training.restorer import RestorerTrainConfig, train_restorer
@@ -227,12 +302,10 @@ def train_restorer_cmd(dry_run, **kwargs) -> None:
     click.echo(f"restorer exported to {train_restorer(cfg, command=' '.join(sys.argv))}")
 
 
-@cli.command(name="pseudo-targets")
+@cli.command(name="pseudo-targets", cls=ConfigCommand,
+             config="flipnet.pipelines.pseudo_targets:PseudoTargetConfig")
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dst", type=click.Path())
-@config_options(
-    __import__("flipnet.pipelines.pseudo_targets", fromlist=["PseudoTargetConfig"]
-               ).PseudoTargetConfig)
 def pseudo_targets(src, dst, dry_run, **kwargs) -> None:
     """Pseudo targets for unlabeled LQ faces: restore, diffuse to t0, guided sampling back."""
     from flipnet.pipelines.pseudo_targets import PseudoTargetConfig, make_pseudo_targets
@@ -245,12 +318,11 @@ def pseudo_targets(src, dst, dry_run, **kwargs) -> None:
                f"{r['seconds_per_target']} s each -> {dst}")
 
 
-@cli.command()
-@config_options(__import__("flipnet.training.finetune", fromlist=["FinetuneConfig"]).FinetuneConfig)
+@cli.command(cls=ConfigCommand, config="flipnet.training.finetune:FinetuneConfig")
 def finetune(dry_run, **kwargs) -> None:
     """Fine-tune a restorer on unlabeled real LQ faces with diffusion-prior pseudo targets."""
+    from flipnet.api import finetune as run
     from flipnet.training.finetune import FinetuneConfig
-    from flipnet.training.finetune import finetune as run
 
     cfg = resolve_config(FinetuneConfig, kwargs)
     if dry_run:
@@ -271,17 +343,33 @@ def finetune(dry_run, **kwargs) -> None:
 @click.option("-o", "--out", default="samples.png", help="Grid PNG to write.")
 def sample(weights, n, steps, sampler, eta, seed, batch_size, device, out) -> None:
     """Sample faces from the diffusion prior and write a grid PNG."""
-    from flipnet.pipelines.methods import pick_device, resolve_weights
+    from flipnet.device import resolve_device
     from flipnet.pipelines.sample import sample_prior
     from flipnet.viz import save_grid
+    from flipnet.weights import resolve_weights
 
     images = sample_prior(resolve_weights(weights), n=n, steps=steps, sampler=sampler, eta=eta,
-                          seed=seed, batch_size=batch_size, device=str(pick_device(device)))
+                          seed=seed, batch_size=batch_size, device=str(resolve_device(device)))
     click.echo(f"wrote {save_grid(out, images)}")
 
 
 @cli.command()
-@config_options(__import__("flipnet.pipelines.bench", fromlist=["BenchConfig"]).BenchConfig)
+@click.option("--format", "fmt", default="onnx", type=click.Choice(["onnx"]),
+              help="File format (ONNX: dynamic batch, fixed face size, plus a JSON sidecar).")
+@click.option("--weights", default="restorer-128",
+              help="Restorer weights folder or shipped name (restorer-128, "
+                   "restorer-128-finetuned).")
+@click.option("-o", "--output", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="File to write, e.g. restorer-128.onnx (FILE.onnx.json beside it).")
+def export(fmt, weights, out) -> None:
+    """Export a restorer for `flipnet restore --backend onnx` and other ONNX runtimes."""
+    from flipnet.models.onnx_export import export_onnx
+    from flipnet.weights import resolve_weights
+
+    click.echo(f"wrote {export_onnx(resolve_weights(weights), Path(out))}")
+
+
+@cli.command(cls=ConfigCommand, config="flipnet.pipelines.bench:BenchConfig")
 def bench(dry_run, **kwargs) -> None:
     """Build the standard test sets, run every available method, regenerate docs/BENCHMARKS.md."""
     from flipnet.pipelines.bench import BenchConfig, run_bench
@@ -294,8 +382,7 @@ def bench(dry_run, **kwargs) -> None:
                f"{results['seconds'] / 60:.1f} min -> {cfg.docs}/BENCHMARKS.md")
 
 
-@cli.command()
-@config_options(__import__("flipnet.serve", fromlist=["ServeConfig"]).ServeConfig)
+@cli.command(cls=ConfigCommand, config="flipnet.serve:ServeConfig")
 def serve(dry_run, **kwargs) -> None:
     """Start the local web page: upload a photo, pick a method, compare before/after, download."""
     from flipnet.serve import ServeConfig, run_server
@@ -323,6 +410,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _one_line(e: click.ClickException) -> str:
+    """A click error as one line naming the command, e.g. "flipnet restore: No such option
+    '--stepz'. (Did you mean one of: '--seed', '--steps'?)"."""
+    words = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    return f"{ctx.command_path}: {words}" if ctx is not None else words
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning flipnet errors into one-line messages."""
     import warnings
@@ -343,7 +438,7 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {_one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except FlipnetError as e:
         click.echo(f"error: {e}", err=True)

@@ -1,16 +1,19 @@
 """Build click options from a config dataclass, so every command shows defaults and help
-and accepts ``--config FILE.json`` plus ``--dry-run`` without hand-written option lists."""
+and accepts ``--config FILE.json`` plus ``--dry-run`` without hand-written option lists.
+
+``ConfigCommand`` builds those options only when its command is used: the config classes live
+in modules that import torch, and ``flipnet --help`` or ``flipnet restore --help`` should not.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import typing
 from pathlib import Path
 
 import click
-
-from flipnet.config import config_from_dict, config_to_dict, load_config
 
 _SCALARS = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: bool, Path: click.Path()}
 
@@ -63,8 +66,43 @@ def config_options(cls, *, exclude: tuple[str, ...] = ()):
     return decorate
 
 
+class ConfigCommand(click.Command):
+    """A command whose ``config_options`` are built on first use from ``config="module:Class"``.
+
+    Listing the command (``flipnet --help``) reads only its name and docstring, so the module
+    holding the config class (and torch behind it) is imported only when the command itself
+    is parsed or asked for its help.
+    """
+
+    def __init__(self, *args, config: str, **kwargs):
+        self._config_spec = config
+        self._own_params: list[click.Parameter] = []
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        """The declared options followed by the config's (built once)."""
+        if self._config_spec is not None:
+            module, name = self._config_spec.split(":")
+            cls = getattr(importlib.import_module(module), name)
+            self._config_spec = None
+
+            def holder():
+                pass
+
+            config_options(cls)(holder)
+            self._own_params += list(reversed(holder.__click_params__))
+        return self._own_params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._own_params = list(value)
+
+
 def resolve_config(cls, kwargs: dict, **fixed):
     """Merge defaults < ``--config`` file < given options < ``fixed``; pops the option keys."""
+    from flipnet.config import config_from_dict, config_to_dict, load_config
+
     config_file = kwargs.pop("config_file", None)
     kwargs.pop("dry_run", None)
     base = load_config(cls, config_file) if config_file else cls(**{
@@ -88,4 +126,6 @@ def resolve_config(cls, kwargs: dict, **fixed):
 
 def print_config(cfg) -> None:
     """Print a resolved config (for ``--dry-run``)."""
+    from flipnet.config import config_to_dict
+
     click.echo(json.dumps({"_class": type(cfg).__name__, **config_to_dict(cfg)}, indent=2))

@@ -4,11 +4,20 @@ Why FastAPI and not Gradio: a few hundred lines, no front-end bundle or CDN (wor
 the HTTP API is tested directly with httpx. Endpoints:
 
 ``GET /``              the page (``flipnet/web/index.html`` + ``app.js`` + ``style.css``)
-``GET /api/methods``   ``{"methods": [{"name", "fidelity"}], "default", "max_upload_mb"}``
+``GET /api/methods``   ``{"methods": [{"name", "status", "reason", "face_size", "fidelity"}],
+                       "default", "max_upload_mb"}``
 ``POST /api/restore``  multipart ``file`` (+ ``method``, ``fidelity``, ``aligned``, ``upscale``)
                        -> ``image/png``; headers ``X-Faces-Found``, ``X-Faces-Skipped``,
-                       ``X-Seconds``, ``X-Method``, ``X-Message`` ("no face found" when none)
+                       ``X-Seconds``, ``X-Method``, ``X-Method-Status``, ``X-Message``
+                       ("no face found" when none)
 ``GET /healthz``       ``{"ok": true, "busy": n, "capacity": n}``
+
+The page offers only what works. A method is ``ready`` when its weights folder's quality gate
+passed (``gate.json``, ``flipnet.gate``), ``experimental`` otherwise (the gate's one-line reason
+is shown), ``baseline`` when it needs no weights (input, bicubic, classical); a method whose
+weights are missing is not listed. The page's default is the first ready method (``--method``
+picks another). An experimental method still restores when chosen explicitly: it is grouped and
+labelled as such on the page and its answers carry ``X-Method-Status: experimental``.
 
 Errors are JSON ``{"error": message}``: 400 for bad input (naming the uploaded file), 413 for an
 upload over the size limit, 503 ``"busy, try again"`` at once when ``workers + queue``
@@ -18,6 +27,7 @@ Restorations run in a thread pool of ``workers`` threads; each method is loaded 
 
 import asyncio
 import io
+import json
 import logging
 import os
 import tempfile
@@ -32,10 +42,16 @@ from pathlib import Path
 import numpy as np
 
 from flipnet.errors import FlipnetError, ImageReadError, WeightsError
+from flipnet.pipelines.methods import SAMPLING_METHODS
 from flipnet.pipelines.restore import FRAMINGS
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-FIDELITY_METHODS = frozenset({"prior", "flipnet"})  # methods whose constructor uses ``fidelity``
+# diffusion methods: the only ones that take ``fidelity``, ``steps`` and ``seed``
+FIDELITY_METHODS = SAMPLING_METHODS
+# methods without weights, and what each does instead of restoring
+BASELINES = {"input": "the photo as uploaded",
+             "bicubic": "down x4 and bicubic back up (what a plain upscaler gives)",
+             "classical": "OpenCV non-local means denoising + unsharp mask"}
 BUSY_MESSAGE = "busy, try again"
 MAX_UPSCALE = 4.0
 _TRUE = {"1", "true", "on", "yes"}
@@ -54,10 +70,86 @@ class ServeConfig:
     queue: int = field(default=4, metadata={"help": "Uploads that may wait for a worker; beyond "
                                                     "workers + queue the answer is 503 busy."})
     max_upload_mb: float = field(default=20.0, metadata={"help": "Largest upload accepted (MB)."})
-    method: str = field(default="restorer", metadata={"help": "Method selected on the page."})
+    method: str = field(default="", metadata={
+        "help": "Method selected on the page; empty = the first whose weights passed their "
+                "quality gate."})
     steps: int = field(default=50, metadata={"help": "Sampling steps (diffusion methods)."})
     max_pixels: int = field(default=40_000_000, metadata={
         "help": "Largest photo accepted, in pixels, after upscaling."})
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One method as the page lists it."""
+
+    name: str
+    status: str  # 'ready' | 'experimental' | 'baseline'
+    reason: str  # one line: the quality gate's reason, or what a baseline does
+    face_size: int | None  # side in px of the face crop the method restores (None: unknown)
+    fidelity: bool = False  # has the fidelity knob
+
+    def to_json(self) -> dict:
+        """The entry of ``GET /api/methods``."""
+        return {"name": self.name, "status": self.status, "reason": self.reason,
+                "face_size": self.face_size, "fidelity": self.fidelity}
+
+
+def weights_face_size(folder: str | os.PathLike) -> int | None:
+    """The face size (px) a weights folder's model works at, from its ``config.json``:
+    ``image_size`` (restorer), ``unet.image_size`` (prior) or its prior's (FLIPNET)."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        if "image_size" in cfg:
+            return int(cfg["image_size"])
+        if "unet" in cfg:
+            return int(cfg["unet"]["image_size"])
+        if "prior" in cfg:  # FLIPNET samples at its prior's size
+            from flipnet.models.flipnet import resolve_prior
+
+            return weights_face_size(resolve_prior(Path(folder), cfg["prior"]))
+    except (OSError, ValueError, KeyError, TypeError, FlipnetError):
+        pass
+    return None
+
+
+def describe_methods(names: list[str] | None = None) -> list[MethodInfo]:
+    """Status, reason and face size of each method (default: ``available_methods()``, those
+    whose weights are found); weights are found as ``make_method`` finds them, not loaded."""
+    from flipnet.gate import read_gate
+    from flipnet.pipelines.methods import available_methods, make_method
+    from flipnet.weights import DEFAULT_WEIGHTS, find_weights
+
+    out = []
+    for name in available_methods() if names is None else names:
+        if name in BASELINES:
+            size = getattr(make_method(name), "size", None)
+            out.append(MethodInfo(name, "baseline", BASELINES[name], size))
+            continue
+        folder = find_weights(DEFAULT_WEIGHTS.get(name, name))
+        if folder is None:
+            continue  # nothing to load: not offered
+        gate = read_gate(folder)
+        out.append(MethodInfo(name, "ready" if gate.passed else "experimental", gate.reason,
+                              weights_face_size(folder), name in FIDELITY_METHODS))
+    return out
+
+
+def default_method(methods: list[MethodInfo], wanted: str = "") -> str:
+    """``wanted`` if given (it must be listed), else the first ready method, else the first
+    baseline: an experimental method is the default only when named (or the only kind left)."""
+    names = [m.name for m in methods]
+    if not names:
+        raise FlipnetError("no restoration method is available")
+    if wanted:
+        if wanted not in names:
+            raise FlipnetError(f"method {wanted!r} is not available; choose from "
+                               f"{', '.join(names)}")
+        return wanted
+    for status in ("ready", "baseline"):
+        for m in methods:
+            if m.status == status:
+                return m.name
+    return names[0]
 
 
 class Capacity:
@@ -85,8 +177,11 @@ class Capacity:
 class MethodCache:
     """Restoration methods built once per (name, fidelity) and shared by all requests.
 
-    Bounded (least recently used entries dropped) so that many fidelity values cannot grow memory;
-    the lock makes concurrent first requests build a method only once.
+    Fidelity is part of the key because the diffusion methods fix it when built (``PriorMethod``
+    turns it into its t0/tau schedule, ``FlipNetMethod`` into its options; ``restore(crops)``
+    takes no per-call options). Bounded (least recently used entries dropped) so that many
+    fidelity values cannot grow memory; the lock makes concurrent first requests build a method
+    only once.
     """
 
     def __init__(self, factory: Callable[[str, float], object], *, max_entries: int = 4):
@@ -109,12 +204,15 @@ class MethodCache:
 
 
 def default_method_factory(cfg: ServeConfig) -> Callable[[str, float], object]:
-    """``(name, fidelity) -> FaceMethod`` through ``flipnet.pipelines.methods.make_method``."""
+    """``(name, fidelity) -> FaceMethod`` through ``flipnet.pipelines.methods.make_method``;
+    ``fidelity``, ``steps`` and ``seed`` go only to the methods that use them."""
     from flipnet.pipelines.methods import make_method
 
     def make(name: str, fidelity: float):
-        return make_method(name, None, device=cfg.device, fidelity=fidelity, steps=cfg.steps,
-                           seed=0)
+        if name in FIDELITY_METHODS:
+            return make_method(name, None, device=cfg.device, fidelity=fidelity,
+                               steps=cfg.steps, seed=0)
+        return make_method(name, None, device=cfg.device)
 
     return make
 
@@ -251,9 +349,9 @@ def _parse_float(form, key: str, default: float, lo: float, hi: float) -> float:
 
 
 def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | None = None,
-               method_names: list[str] | None = None):
-    """The FastAPI app; ``method_factory(name, fidelity)`` and ``method_names`` replace the
-    shipped methods (tests inject a slow fake)."""
+               methods: list[MethodInfo] | None = None):
+    """The FastAPI app; ``method_factory(name, fidelity)`` and ``methods`` replace the shipped
+    methods and their descriptions (tests inject a slow fake)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -264,14 +362,10 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
     cfg = cfg or ServeConfig()
     if cfg.workers < 1 or cfg.queue < 0:
         raise FlipnetError(f"workers must be >= 1 and queue >= 0, got {cfg.workers}, {cfg.queue}")
-    if method_names is None:
-        from flipnet.pipelines.methods import available_methods
-
-        method_names = available_methods()
-    if cfg.method not in method_names:
-        raise FlipnetError(f"method {cfg.method!r} is not available; choose from "
-                           f"{', '.join(method_names)}")
-    methods = MethodCache(method_factory or default_method_factory(cfg))
+    catalog = {m.name: m for m in (describe_methods() if methods is None else methods)}
+    method_names = list(catalog)
+    default = default_method(list(catalog.values()), cfg.method)
+    cache = MethodCache(method_factory or default_method_factory(cfg))
     capacity = Capacity(cfg.workers + cfg.queue)
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="flipnet-restore")
 
@@ -283,7 +377,8 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
     app = FastAPI(title="flipnet", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_mb=cfg.max_upload_mb)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-    app.state.capacity, app.state.methods, app.state.pool = capacity, methods, pool
+    app.state.capacity, app.state.methods, app.state.pool = capacity, cache, pool
+    app.state.catalog, app.state.default = catalog, default
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -298,12 +393,12 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
 
     @app.get("/api/methods")
     async def list_methods():
-        return {"methods": [{"name": n, "fidelity": n in FIDELITY_METHODS} for n in method_names],
-                "default": cfg.method, "max_upload_mb": cfg.max_upload_mb}
+        return {"methods": [m.to_json() for m in catalog.values()], "default": default,
+                "max_upload_mb": cfg.max_upload_mb}
 
     def job(data: bytes, filename: str, name: str, fidelity: float, aligned: bool,
             framing: str, upscale: float) -> tuple[bytes, dict]:
-        method = methods.get(name, fidelity)
+        method = cache.get(name, fidelity)
         return restore_upload(data, filename, method, aligned=aligned, framing=framing,
                               upscale=upscale, max_pixels=cfg.max_pixels)
 
@@ -322,7 +417,7 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
             if not isinstance(upload, UploadFile):
                 return error(400, "no file uploaded (multipart field 'file')")
             filename = os.path.basename(upload.filename or "upload")
-            name = str(form.get("method") or cfg.method)
+            name = str(form.get("method") or default)
             if name not in method_names:
                 return error(400, f"unknown method {name!r}; choose from {', '.join(method_names)}")
             fidelity = _parse_float(form, "fidelity", 0.5, 0.0, 1.0)
@@ -356,6 +451,7 @@ def create_app(cfg: ServeConfig | None = None, *, method_factory: Callable | Non
         return Response(png, media_type="image/png", headers={
             "X-Faces-Found": str(info["faces"]), "X-Faces-Skipped": str(info["skipped"]),
             "X-Message": info["message"], "X-Seconds": str(info["seconds"]), "X-Method": name,
+            "X-Method-Status": catalog[name].status,
             "Content-Disposition": f'inline; filename="{_safe(stem)}_restored.png"'})
 
     return app
@@ -377,4 +473,8 @@ def run_server(cfg: ServeConfig | None = None) -> None:
     app = create_app(cfg)
     print(f"flipnet serve: http://{cfg.host}:{cfg.port}/  (workers {cfg.workers}, queue "
           f"{cfg.queue}, max upload {cfg.max_upload_mb:g} MB; Ctrl+C to stop)", flush=True)
+    for m in app.state.catalog.values():
+        size = f"{m.face_size} px" if m.face_size else "size unknown"
+        mark = " (default)" if m.name == app.state.default else ""
+        print(f"  {m.name:<10} {m.status:<12} {size:<7} {m.reason}{mark}", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5)

@@ -6,6 +6,9 @@ Layout of a folder::
     model-00001.safetensors  tensors, fp16 for floating point, split so each file < 16 MiB
     model.index.json         which tensor lives in which shard (only when sharded)
     MODEL_CARD.md            data, command, steps, wall time, figures
+
+A shipped name (``restorer-128``) resolves through ``weights_search_path()``; an existing path
+always wins. See docs/INSTALL.md.
 """
 
 from __future__ import annotations
@@ -26,6 +29,60 @@ from flipnet.errors import OutputPathError, WeightsError
 from flipnet.io import new_file_mode, write_bytes_atomic
 
 SHARD_BYTES = 15 * 1024 * 1024
+
+# The weights each method loads when none are named (flipnet restore --method NAME).
+DEFAULT_WEIGHTS = {"restorer": "restorer-128", "finetuned": "restorer-128-finetuned",
+                   "prior": "prior-64", "flipnet": "flipnet-64"}
+# The wheel's copy of the checkout's weights/ (setup.py copies it in at build time).
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "weights"
+
+
+def _checkout_weights_dir() -> Path | None:
+    """``ROOT/weights`` when this module runs from a source checkout (``ROOT/src/flipnet``)."""
+    here = Path(__file__).resolve().parent
+    root = here.parents[1]
+    if here.parent.name == "src" and (root / "pyproject.toml").is_file():
+        return root / "weights"
+    return None
+
+
+CHECKOUT_WEIGHTS_DIR = _checkout_weights_dir()
+
+
+def weights_search_path() -> list[tuple[str, Path]]:
+    """Where a shipped name is looked for, in order, as (label, folder) pairs:
+    each folder of $FLIPNET_WEIGHTS (``os.pathsep``-separated), the checkout's ``weights/``
+    (only when running from source), then the installed package's own copy."""
+    places = [("$FLIPNET_WEIGHTS", Path(p))
+              for p in os.environ.get("FLIPNET_WEIGHTS", "").split(os.pathsep) if p]
+    if CHECKOUT_WEIGHTS_DIR is not None:
+        places.append(("checkout", CHECKOUT_WEIGHTS_DIR))
+    places.append(("installed package", PACKAGE_WEIGHTS_DIR))
+    return places
+
+
+def find_weights(name: str) -> Path | None:
+    """The first ``folder / name`` along ``weights_search_path()`` that exists, else None."""
+    for _, root in weights_search_path():
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> Path:
+    """A weights folder: an existing path as given, else a shipped name found along
+    ``weights_search_path()``; ``WeightsError`` listing every place looked otherwise."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    found = find_weights(str(name_or_path))
+    if found is not None:
+        return found
+    places = [f"{p.absolute()} (as a path)"]
+    if not os.environ.get("FLIPNET_WEIGHTS"):
+        places.append("$FLIPNET_WEIGHTS (not set)")
+    places += [f"{root / str(name_or_path)} ({label})" for label, root in weights_search_path()]
+    raise WeightsError(f"{name_or_path}: no such weights folder; looked at " + ", ".join(places))
 
 
 def save_state_dict(folder: str | os.PathLike, state: dict[str, torch.Tensor], *,

@@ -2,19 +2,12 @@
 
 ``space_timesteps(1000, "250")`` keeps 250 evenly strided original timesteps, ``"ddim50"`` keeps
 ``range(0, 1000, 20)``, ``"10,15,20"`` splits the range into sections with that many steps each.
-``respace`` turns the kept steps into a schedule of its own (new betas from the kept alpha_bar)
-plus ``timestep_map`` (respaced index -> original timestep, what the model must be called with).
-The samplers work on original timesteps directly, so for sampling ``sampling_timesteps`` is all
-that is needed.
+The samplers work on original timesteps directly (alpha_bar of the kept steps, the model called
+with the original t), so ``sampling_timesteps`` is all that respacing needs: no respaced schedule
+of its own is built.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
-import torch
-
-from flipnet.diffusion.schedules import NoiseSchedule
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -> list[int]:
@@ -42,28 +35,6 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -
         steps += [start + round(j * stride) for j in range(count)]
         start += size
     return sorted(set(steps))
-
-
-@dataclass
-class RespacedSchedule:
-    """A respaced schedule: ``schedule`` over K steps + ``timestep_map`` (K,) to original steps."""
-
-    schedule: NoiseSchedule
-    timestep_map: torch.Tensor  # (K,) long
-
-    def original(self, i) -> torch.Tensor:
-        """Original timesteps for respaced indices ``i`` (for calling the model)."""
-        return self.timestep_map[torch.as_tensor(i, dtype=torch.long)]
-
-
-def respace(schedule: NoiseSchedule, section_counts: str | int | list[int]) -> RespacedSchedule:
-    """New betas from the kept alpha_bar: beta'_i = 1 - abar_{k_i} / abar_{k_{i-1}}."""
-    kept = space_timesteps(schedule.num_timesteps, section_counts)
-    abar = schedule.alphas_cumprod[kept]  # (K,)
-    prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
-    betas = 1.0 - abar / prev
-    return RespacedSchedule(NoiseSchedule(betas, prediction=schedule.prediction),
-                            torch.tensor(kept, dtype=torch.long))
 
 
 def sampling_timesteps(num_timesteps: int, section_counts: str | int | list[int], *,

@@ -114,7 +114,7 @@ class NoiseSchedule:
 
 
 def make_schedule(cfg) -> NoiseSchedule:
-    """Build the ``NoiseSchedule`` of a ``flipnet.models.prior.ScheduleConfig``."""
+    """Build the ``NoiseSchedule`` of a ``flipnet.models.prior_types.ScheduleConfig``."""
     if cfg.beta_schedule == "linear":
         betas = get_linear_betas(cfg.num_timesteps, beta_start=cfg.beta_start,
                                  beta_end=cfg.beta_end)

@@ -32,7 +32,7 @@ from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.boosthub import install_boosthubs, set_phi
 from flipnet.models.face_embedding import FaceEmbedder, FaceEmbeddingConfig
 from flipnet.models.lora import add_lora, prior_key
-from flipnet.models.prior import PriorConfig
+from flipnet.models.prior_types import PriorConfig
 from flipnet.models.unet import UNet
 from flipnet.weights import load_state_dict, save_state_dict
 

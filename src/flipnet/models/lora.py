@@ -10,7 +10,6 @@ wrapped. peft renames a wrapped ``x.to_q.weight`` to ``x.to_q.base_layer.weight`
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from flipnet.errors import ConfigError
@@ -36,27 +35,6 @@ def add_lora(unet: nn.Module, *, rank: int = 8, alpha: float = 8.0,
     return unet
 
 
-def is_lora_key(key: str) -> bool:
-    """True for a state-dict key of a LoRA A/B matrix."""
-    return ".lora_A." in key or ".lora_B." in key
-
-
 def prior_key(key: str) -> str:
     """A (possibly LoRA-wrapped) state-dict key as it is named in the plain prior."""
     return key.replace(".base_layer.", ".")
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA A/B tensors of ``model`` (detached)."""
-    return {k: v.detach() for k, v in model.state_dict().items() if is_lora_key(k)}
-
-
-def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load exactly the LoRA tensors of ``model`` from ``state``; ConfigError naming ``where``."""
-    own = lora_state_dict(model)
-    given = {k: v for k, v in state.items() if is_lora_key(k)}
-    if set(own) != set(given):
-        diff = sorted(set(own) ^ set(given))
-        raise ConfigError(f"{where}: LoRA tensors do not match the model ({len(diff)} differ, "
-                          f"e.g. {diff[0]}); was it saved with another rank or architecture?")
-    model.load_state_dict(given, strict=False)

@@ -1,69 +1,29 @@
-"""The unconditional face prior: a denoiser plus the settings of the schedule it was trained on.
+"""The unconditional face prior: save a flipnet prior folder, open any prior with ``load_prior``.
 
-A flipnet prior folder is ``config.json`` (a ``PriorConfig``: UNet architecture + schedule
-settings) + fp16 safetensors shards (see ``flipnet.weights``) + ``MODEL_CARD.md``. ``load_prior``
-also opens a diffusers ``UNet2DModel`` folder and a guided-diffusion / improved-DDPM state dict
-(.pt/.pth/.safetensors). The schedule itself is built by ``flipnet.diffusion.schedules.make_schedule
-(prior.schedule)`` (models sit below diffusion, so this module holds only its settings).
+A flipnet prior folder is ``config.json`` (a ``models.prior_types.PriorConfig``: UNet
+architecture + schedule settings) + fp16 safetensors shards (see ``flipnet.weights``) +
+``MODEL_CARD.md``. ``load_prior`` also opens a diffusers ``UNet2DModel`` folder and a
+guided-diffusion / improved-DDPM state dict (.pt/.pth/.safetensors) through
+``models.public_checkpoints``. The schedule itself is built by
+``flipnet.diffusion.schedules.make_schedule(prior.schedule)`` (models sit below diffusion, so a
+prior holds only its settings).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from flipnet.config import config_from_dict, folder_config_class, save_config
-from flipnet.errors import ConfigError, WeightsError
-from flipnet.models.unet import UNet, UNetConfig
+from flipnet.errors import WeightsError
+from flipnet.models import public_checkpoints as pc
+from flipnet.models.prior_types import Prior, PriorConfig
+from flipnet.models.unet import UNet
 from flipnet.weights import load_into, load_state_dict, save_state_dict
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """Noise-schedule settings a prior was trained with (see ``flipnet.diffusion.schedules``)."""
-
-    num_timesteps: int = 1000
-    beta_schedule: str = "cosine"  # linear | cosine
-    prediction: str = "v"  # eps | v | x0
-    beta_start: float | None = None  # linear only; None = DDPM's 1e-4 scaled by 1000/N
-    beta_end: float | None = None  # linear only; None = DDPM's 0.02 scaled by 1000/N
-
-    def __post_init__(self):
-        if self.beta_schedule not in ("linear", "cosine"):
-            raise ConfigError(f"beta_schedule {self.beta_schedule!r} is not linear | cosine")
-        if self.prediction not in ("eps", "v", "x0"):
-            raise ConfigError(f"prediction {self.prediction!r} is not eps | v | x0")
-        if self.num_timesteps < 2:
-            raise ConfigError("num_timesteps must be at least 2")
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    """A prior = UNet architecture + schedule settings; this is a prior folder's config.json."""
-
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-
-
-@dataclass
-class Prior:
-    """A loaded prior: ``model(x_t, t)`` returns the ``schedule.prediction`` target."""
-
-    model: nn.Module
-    schedule: ScheduleConfig
-    config: PriorConfig | None = None  # None for foreign formats without a flipnet config
-    kind: str = "flipnet"  # flipnet | diffusers | guided-diffusion
-    image_size: int = 64
-    source: str = ""
-
-    def model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Sampler-ready denoiser call (original integer timesteps)."""
-        return self.model(x, t, **kwargs)
 
 
 def save_prior(folder: str | os.PathLike, model: nn.Module, cfg: PriorConfig) -> Path:
@@ -103,14 +63,10 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu", *,
     if path.is_dir():
         if _is_flipnet_folder(path):
             return _load_flipnet(path, device)
-        from flipnet.models import public_checkpoints as pc
-
         if pc.is_diffusers_folder(path):
             return pc.load_diffusers_prior(path, device=device)
         raise WeightsError(f"{path}: neither a flipnet prior folder (config.json with "
                            "PriorConfig) nor a diffusers UNet2DModel folder")
     if path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"):
-        from flipnet.models import public_checkpoints as pc
-
         return pc.load_guided_diffusion(path, flags=flags, device=device)
     raise WeightsError(f"{path}: unknown prior format (expected a folder or .pt/.pth/.safetensors)")

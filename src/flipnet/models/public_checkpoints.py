@@ -22,7 +22,7 @@ from torch import nn
 
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.attention import AttentionBlock
-from flipnet.models.prior import Prior, ScheduleConfig
+from flipnet.models.prior_types import Prior, ScheduleConfig
 from flipnet.models.unet import UNet, UNetConfig
 from flipnet.weights import load_into, read_checkpoint_file
 

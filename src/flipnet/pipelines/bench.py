@@ -187,9 +187,10 @@ def peak():
         if line.startswith("VmHWM"):
             return int(line.split()[1]) * 1024
     return 0
-from flipnet.pipelines.methods import make_method
+from flipnet.pipelines.methods import SAMPLING_METHODS, make_method
 base, _, weights = sys.argv[1].partition("@")
-m = make_method(base, weights or None, device="cpu", steps=int(sys.argv[2]), batch_size=32)
+steps = {"steps": int(sys.argv[2])} if base in SAMPLING_METHODS else {}
+m = make_method(base, weights or None, device="cpu", batch_size=32, **steps)
 out = {"threads": torch.get_num_threads()}
 for bs in (1, 32):
     x = np.random.default_rng(0).integers(0, 255, (bs, m.size, m.size, 3), dtype=np.uint8)
@@ -241,7 +242,7 @@ def method_fingerprint(name: str) -> str:
     import hashlib
 
     from flipnet.errors import FlipnetError
-    from flipnet.pipelines.methods import DEFAULT_WEIGHTS, resolve_weights
+    from flipnet.weights import DEFAULT_WEIGHTS, resolve_weights
 
     base, _, weights = name.partition("@")
     if base not in DEFAULT_WEIGHTS:
@@ -275,7 +276,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     from rich.progress import Progress
 
     from flipnet.faces.identity import IdentityEmbedder
-    from flipnet.pipelines.methods import available_methods, make_method
+    from flipnet.pipelines.methods import SAMPLING_METHODS, available_methods, make_method
 
     t_start = time.perf_counter()
     for folder in [Path(cfg.work), *Path(cfg.work).rglob("*")]:  # what a kill -9 left half-written
@@ -308,8 +309,10 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
                 r = _cached(done_dir / f"{sname}.json", key)
                 if r is None:
                     base, _, weights = mname.partition("@")
+                    sampling = ({"steps": cfg.prior_steps, "seed": cfg.seed}
+                                if base in SAMPLING_METHODS else {})
                     method = method or make_method(base, weights or None, device="cpu",
-                                                   steps=cfg.prior_steps, seed=cfg.seed)
+                                                   **sampling)
                     t0 = time.perf_counter()
                     pred = list(method.restore(np.stack(lq)))
                     sec = time.perf_counter() - t0

@@ -190,9 +190,10 @@ def flipnet_degrade_folder(src: str | os.PathLike, dst: str | os.PathLike,
     """``flipnet degrade --method flipnet``: FLIPNET degradation mode on every image of ``src``."""
     import torch
 
+    from flipnet.device import resolve_device
+    from flipnet.diffusion.flipnet_sampling import flipnet_degrade
     from flipnet.models.flipnet import load_flipnet
-    from flipnet.pipelines.flipnet_method import flipnet_degrade
-    from flipnet.pipelines.methods import pick_device, resolve_weights
+    from flipnet.weights import resolve_weights
 
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
@@ -207,7 +208,7 @@ def flipnet_degrade_folder(src: str | os.PathLike, dst: str | os.PathLike,
               "steps": cfg.steps, "sampler": cfg.sampler}
     params_path = dst / PARAMS_FILE
     _check_previous(params_path, header, {})
-    net = load_flipnet(weights, device=pick_device(cfg.device))
+    net = load_flipnet(weights, device=resolve_device(cfg.device))
     report = DegradeReport(src=str(src), dst=str(dst), preset="flipnet", seed=cfg.seed,
                            params_path=str(params_path))
     log = BatchLog()

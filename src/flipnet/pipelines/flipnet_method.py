@@ -1,16 +1,8 @@
-"""FLIPNET inference: restoration mode (LQ -> HQ) and degradation mode (HQ -> realistic LQ).
+"""FLIPNET restoration mode as a FaceMethod (``flipnet restore --method flipnet``).
 
-In either mode the known image (LQ when restoring, HQ when degrading) is the condition stream:
-at every sampler step it is diffused to the current t with one fixed noise draw per image
-(``q_sample(known, t, noise)``), so the condition stream is what it was in training. The target
-stream is sampled with any of ``flipnet.diffusion.samplers`` (ddim, dpmpp_2m, ddpm); the model
-closure returns the target stream's prediction. Work happens at the prior's resolution; inputs
-are resized to it and results back. Image k of a run draws all its noise from
-``Generator(seed + index_k)``, so a batch gives each image what a single run gives.
-
-Fidelity (restoration): ``phi = trained phi x 2 x fidelity`` (0.5 = the trained weight,
-0 = BoostHub off), optionally with a start step below pure noise (``start`` < 1 starts from the
-LQ diffused to that fraction of the schedule, as ``PriorMethod`` does).
+The sampling itself (both modes, fidelity, seeding per image) is
+``flipnet.diffusion.flipnet_sampling``; this class loads the weights and restores crops in
+batches, image k of a run seeded with ``seed + k`` whatever the batch size.
 """
 
 from __future__ import annotations
@@ -19,70 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from flipnet.diffusion.respace import sampling_timesteps
-from flipnet.diffusion.samplers import SAMPLERS, randn_like
-from flipnet.diffusion.schedules import make_schedule
+from flipnet.device import resolve_device
+from flipnet.diffusion.flipnet_sampling import flipnet_restore
 from flipnet.errors import ConfigError
 from flipnet.io import to_tensor, to_uint8
-
-
-def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    return F.interpolate(x, size=tuple(hw), mode="bicubic", antialias=True,
-                         align_corners=False).clamp(-1, 1)
-
-
-@torch.no_grad()
-def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
-                   sampler: str = "ddim", seed: int = 0, start: float = 1.0,
-                   indices: list[int] | None = None, progress: bool = False) -> torch.Tensor:
-    """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1]."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    if not 0.0 < start <= 1.0:
-        raise ConfigError(f"start must be in (0, 1], got {start}")
-    schedule = make_schedule(net.prior_config.schedule)
-    size, (h, w) = net.prior_config.unet.image_size, known.shape[-2:]
-    device = next(net.parameters()).device
-    cond = _resize(known.float(), (size, size)).to(device)  # (N, 3, S, S)
-    indices = list(range(len(cond))) if indices is None else indices
-    gens = [torch.Generator().manual_seed(seed + i) for i in indices]
-    cond_noise = randn_like(cond, gens)  # fixed for the whole run
-    steps = max(2, int(steps))
-    first = max(1, round(steps * start)) - 1
-    ts = sampling_timesteps(schedule.num_timesteps, str(steps), start_index=first)
-    x = randn_like(cond, gens)
-    if first < steps - 1:  # start from the known image diffused to ts[0]
-        x = schedule.q_sample(cond, ts[0], x)
-
-    def model_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        xc = schedule.q_sample(cond, t, cond_noise)  # the condition stream at the same t
-        return net(xt, xc, t, mode=mode, context_image=cond)[0]
-
-    kwargs = {"progress": progress}
-    if sampler == "ddpm":
-        kwargs["generator"] = gens
-    x0 = SAMPLERS[sampler](model_fn, x, schedule, ts, **kwargs)
-    return _resize(x0, (h, w)).clamp(-1, 1)
-
-
-def flipnet_restore(net, lq: torch.Tensor, *, fidelity: float = 0.5, **kwargs) -> torch.Tensor:
-    """Restoration mode: LQ (N, 3, H, W) -> restored, phi = trained phi x 2 x fidelity."""
-    if not 0.0 <= fidelity <= 1.0:
-        raise ConfigError(f"fidelity must be in [0, 1], got {fidelity}")
-    net.set_phi(net.config.phi * 2.0 * fidelity)
-    try:
-        return sample_flipnet(net, lq, mode="restore", **kwargs)
-    finally:
-        net.set_phi(net.config.phi)
-
-
-def flipnet_degrade(net, hq: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Degradation mode: HQ (N, 3, H, W) -> synthetic real-world-like LQ of the same size."""
-    return sample_flipnet(net, hq, mode="degrade", **kwargs)
+from flipnet.models.flipnet import load_flipnet
 
 
 class FlipNetMethod:
@@ -93,11 +27,8 @@ class FlipNetMethod:
 
     def __init__(self, folder: Path, *, device: str = "auto", batch_size: int = 16,
                  fidelity: float = 0.5, steps: int = 50, seed: int = 0, sampler: str = "ddim",
-                 start: float = 1.0, prior: str | None = None, **_unused):
-        from flipnet.models.flipnet import load_flipnet
-        from flipnet.pipelines.methods import pick_device
-
-        self.device = pick_device(device)
+                 start: float = 1.0, prior: str | None = None):
+        self.device = resolve_device(device)
         self.net = load_flipnet(folder, prior=prior, device=self.device)
         self.size = 128
         self.batch_size = batch_size

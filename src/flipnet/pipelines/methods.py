@@ -8,12 +8,17 @@
               sampled with the LQ as the condition stream (weights/flipnet-64; listed by
               ``available_methods`` only once trained weights are there)
 ``bicubic``   baseline: down x4 and bicubic back up (what a plain upscaler gives)
+``classical`` baseline: OpenCV non-local means, then an unsharp mask
 ``input``     baseline: the input itself
+
+``make_method`` is strict: an option is ``None`` when the caller did not give it, and a method
+given an option it does not use (``steps``/``seed``/``fidelity`` for a one-pass method,
+``weights`` for a baseline, ``backend="onnx"`` for anything but the one-pass restorers) raises
+``ConfigError`` naming it, instead of ignoring it.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,29 +27,14 @@ import numpy as np
 import torch
 
 from flipnet.device import resolve_device
-from flipnet.errors import WeightsError
+from flipnet.errors import ConfigError, WeightsError
 from flipnet.io import to_tensor, to_uint8
+from flipnet.weights import DEFAULT_WEIGHTS, find_weights, resolve_weights
 
-WEIGHTS_DIR = Path(os.environ.get("FLIPNET_WEIGHTS", Path(__file__).resolve().parents[3] / "weights"))
-DEFAULT_WEIGHTS = {"restorer": "restorer-128", "finetuned": "restorer-128-finetuned",
-                   "prior": "prior-64", "flipnet": "flipnet-64"}
-
-
-def resolve_weights(name_or_path: str | os.PathLike) -> Path:
-    """A weights folder from a path, or a shipped name under ``weights/`` (or $FLIPNET_WEIGHTS)."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    q = WEIGHTS_DIR / str(name_or_path)
-    if q.exists():
-        return q
-    raise WeightsError(f"{name_or_path}: no such weights folder (looked in {WEIGHTS_DIR})")
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; a named device must exist (``ConfigError`` if not).
-    Kept for the existing callers; the logic lives in ``flipnet.device.resolve_device``."""
-    return resolve_device(device)
+BACKENDS = ("torch", "onnx")
+SAMPLING_METHODS = ("prior", "flipnet")  # the methods that use steps, seed and fidelity
+ONNX_METHODS = ("restorer", "finetuned")  # the methods --backend onnx can run
+BASELINES = ("bicubic", "classical", "input")  # the methods without weights
 
 
 @dataclass
@@ -110,11 +100,11 @@ class RestorerMethod:
     template = "flipnet"
 
     def __init__(self, folder: Path, *, name: str = "restorer", device: str = "auto",
-                 batch_size: int = 16, **_unused):
+                 batch_size: int = 16):
         from flipnet.models.restorer import load_restorer
 
         self.name = name
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.model, self.cfg = load_restorer(folder, device=self.device)
         self.model.eval()
         self.size = int(getattr(self.cfg, "image_size", 128))
@@ -130,45 +120,79 @@ class RestorerMethod:
         return np.concatenate(out)
 
 
-def _restorer(weights, **kw):
-    return RestorerMethod(resolve_weights(weights or DEFAULT_WEIGHTS["restorer"]), **kw)
+def _restorer(weights: str | None, *, device: str, batch_size: int) -> RestorerMethod:
+    return RestorerMethod(resolve_weights(weights or DEFAULT_WEIGHTS["restorer"]), device=device,
+                          batch_size=batch_size)
 
 
-def _finetuned(weights, **kw):
+def _finetuned(weights: str | None, *, device: str, batch_size: int) -> RestorerMethod:
     return RestorerMethod(resolve_weights(weights or DEFAULT_WEIGHTS["finetuned"]),
-                          name="finetuned", **kw)
+                          name="finetuned", device=device, batch_size=batch_size)
 
 
-def _prior(weights, **kw):
+def _prior(weights: str | None, *, device: str, batch_size: int, **sampling):
+    """``sampling``: the steps / seed / fidelity given; ``PriorMethod`` checks the names."""
     from flipnet.pipelines.prior_restore import PriorMethod
 
-    return PriorMethod(resolve_weights(weights or DEFAULT_WEIGHTS["prior"]), **kw)
+    return PriorMethod(resolve_weights(weights or DEFAULT_WEIGHTS["prior"]), device=device,
+                       batch_size=batch_size, **sampling)
 
 
-def _flipnet(weights, **kw):
+def _flipnet(weights: str | None, *, device: str, batch_size: int, **sampling):
+    """``sampling``: the steps / seed / fidelity given; ``FlipNetMethod`` checks the names."""
     from flipnet.pipelines.flipnet_method import FlipNetMethod
 
-    return FlipNetMethod(resolve_weights(weights or DEFAULT_WEIGHTS["flipnet"]), **kw)
+    return FlipNetMethod(resolve_weights(weights or DEFAULT_WEIGHTS["flipnet"]), device=device,
+                         batch_size=batch_size, **sampling)
 
 
+# name -> factory(weights, *, device, batch_size[, steps, seed, fidelity])
 METHODS = {
     "restorer": _restorer,
     "finetuned": _finetuned,
     "prior": _prior,
     "flipnet": _flipnet,
-    "bicubic": lambda weights, **kw: BicubicMethod(),
-    "classical": lambda weights, **kw: ClassicalMethod(),
-    "input": lambda weights, **kw: InputMethod(),
+    "bicubic": lambda weights, *, device, batch_size: BicubicMethod(),
+    "classical": lambda weights, *, device, batch_size: ClassicalMethod(),
+    "input": lambda weights, *, device, batch_size: InputMethod(),
 }
 
 
-def make_method(name: str, weights: str | None = None, **kwargs):
-    """Build a restoration method by name (see ``METHODS``); kwargs go to its constructor."""
+def _unused_option(name: str, option: str) -> ConfigError:
+    """The one-line error for a restorer or baseline given an option it does not use."""
+    kind = "a one-pass restorer" if name in ONNX_METHODS else "a fixed baseline"
+    return ConfigError(f"method {name!r} does not use --{option} ({kind}); drop it")
+
+
+def make_method(name: str, weights: str | None = None, *, device: str = "auto",
+                batch_size: int = 16, steps: int | None = None, seed: int | None = None,
+                fidelity: float | None = None, backend: str = "torch"):
+    """Build a restoration method by name (see ``METHODS``).
+
+    ``None`` means not given: the diffusion methods (prior, flipnet) then take their own
+    defaults. An option the method does not use is a ``ConfigError`` naming it (``steps``,
+    ``seed``, ``fidelity`` are for prior and flipnet; ``weights`` is not for the baselines;
+    ``backend="onnx"`` runs only restorer and finetuned)."""
     if name not in METHODS:
         raise WeightsError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    if "device" in kwargs:  # refuse a missing device even for methods that run on numpy
-        resolve_device(kwargs["device"])
-    return METHODS[name](weights, **kwargs)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    resolve_device(device)  # refuse a missing device even for methods that run on numpy
+    sampling = {k: v for k, v in (("steps", steps), ("seed", seed), ("fidelity", fidelity))
+                if v is not None}
+    if sampling and name not in SAMPLING_METHODS:
+        raise _unused_option(name, next(iter(sampling)))
+    if weights is not None and name in BASELINES:
+        raise _unused_option(name, "weights")
+    if backend == "onnx":
+        if name not in ONNX_METHODS:
+            raise ConfigError(f"method {name!r} has no onnx backend (--backend onnx runs "
+                              f"{' and '.join(ONNX_METHODS)} only); drop --backend onnx")
+        from flipnet.pipelines.onnx_method import OnnxRestorerMethod
+
+        return OnnxRestorerMethod(resolve_weights(weights or DEFAULT_WEIGHTS[name]), name=name,
+                                  batch_size=batch_size, device=device)
+    return METHODS[name](weights, device=device, batch_size=batch_size, **sampling)
 
 
 def available_methods() -> list[str]:
@@ -176,6 +200,6 @@ def available_methods() -> list[str]:
     out = []
     for name in METHODS:
         w = DEFAULT_WEIGHTS.get(name)
-        if w is None or (WEIGHTS_DIR / w).exists():
+        if w is None or find_weights(w) is not None:
             out.append(name)
     return out

@@ -1,73 +1,21 @@
-"""Diffuse-and-guide with the unconditional prior: DifFace-style restoration, and the core of
-the unsupervised fine-tuning paper's pseudo targets (Kuai et al., WACV 2025, Sec. 3.2).
+"""DifFace-style restoration with the unconditional prior alone: a FaceMethod.
 
-Given a starting image y (the LQ face, or a restorer's output), diffuse it to respaced step t0
-(paper: 150 of 250), then run the reverse process with low-pass replacement toward y until
-``tau`` steps remain (paper: 90), then free. A higher t0 gives the prior more say.
+Each batch of crops is diffused to an intermediate step and sampled back with low-pass guidance
+toward the input (``flipnet.diffusion.guided_resample``); ``fidelity`` sets how far.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from flipnet.diffusion.guidance import make_lowpass_edit, scaled_factor
-from flipnet.diffusion.respace import sampling_timesteps
-from flipnet.diffusion.samplers import randn_like, sample_ddpm
-from flipnet.diffusion.schedules import make_schedule
+from flipnet.device import resolve_device
+from flipnet.diffusion.guided_resample import GuidedResampleConfig, guided_resample
 from flipnet.errors import ConfigError
 from flipnet.io import to_tensor, to_uint8
-
-
-@dataclass(frozen=True)
-class GuidedResampleConfig:
-    """Settings of diffuse-and-guide; defaults follow the paper (scaled to the prior's size)."""
-
-    respaced_steps: int = field(default=250, metadata={"help": "Respaced reverse steps."})
-    t0: int = field(default=150, metadata={"help": "Respaced step the input is diffused to."})
-    tau: int = field(default=90, metadata={"help": "Guidance stops when this many steps remain."})
-    factor: int = field(default=0, metadata={
-        "help": "Low-pass down/up factor; 0 = the paper's 16 at 512 px scaled to the prior size."})
-    seed: int = field(default=0, metadata={"help": "Seed; image i uses seed + i."})
-    keep_reference_detail: bool = field(default=False, metadata={
-        "help": "When the prior is smaller than the image, replace only the frequencies the "
-                "prior can represent and keep the reference's finer detail."})
-
-    def __post_init__(self):
-        if not 0 < self.t0 < self.respaced_steps:
-            raise ConfigError(f"t0 must be in 1..{self.respaced_steps - 1}, got {self.t0}")
-        if not 0 <= self.tau <= self.t0:
-            raise ConfigError(f"tau must be in 0..t0={self.t0}, got {self.tau}")
-
-
-def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
-                    first_index: int = 0, indices: list[int] | None = None) -> torch.Tensor:
-    """Diffuse y (N, 3, H, W) in [-1, 1] to t0 and sample back with low-pass guidance toward y.
-    Works at the prior's resolution; y is resized to it and the result resized back (or, with
-    ``keep_reference_detail``, only the prior's change is upsampled and added to y). Image k
-    draws its noise from seed + indices[k] (default first_index + k), whatever the batch."""
-    schedule = make_schedule(prior.schedule)
-    size = prior.image_size
-    h, w = y.shape[-2:]
-    ys = y if (h, w) == (size, size) else F.interpolate(
-        y, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
-    indices = list(range(first_index, first_index + len(y))) if indices is None else indices
-    gens = [torch.Generator().manual_seed(cfg.seed + i) for i in indices]
-    ts = sampling_timesteps(schedule.num_timesteps, str(cfg.respaced_steps), start_index=cfg.t0)
-    factor = cfg.factor or scaled_factor(16, 512, size)
-    xt = schedule.q_sample(ys, ts[0], randn_like(ys, gens))
-    edit = make_lowpass_edit(ys, schedule, ts, factor=factor, tau=cfg.tau, generator=gens)
-    x0 = sample_ddpm(prior.model_fn, xt, schedule, ts, generator=gens, edit=edit)
-    if (h, w) != (size, size):
-        up = F.interpolate(x0, size=(h, w), mode="bicubic", align_corners=False)
-        if cfg.keep_reference_detail:  # y + up(x0 - down(y)): the prior edits its own band only
-            up = y + F.interpolate(x0 - ys, size=(h, w), mode="bicubic", align_corners=False)
-        x0 = up
-    return x0.clamp(-1, 1)
+from flipnet.models.prior import load_prior
 
 
 class PriorMethod:
@@ -77,11 +25,8 @@ class PriorMethod:
     template = "flipnet"
 
     def __init__(self, folder: Path, *, device: str = "cpu", batch_size: int = 16,
-                 fidelity: float = 0.5, steps: int = 250, seed: int = 0, **_unused):
-        from flipnet.models.prior import load_prior
-        from flipnet.pipelines.methods import pick_device
-
-        self.device = pick_device(device)
+                 fidelity: float = 0.5, steps: int = 50, seed: int = 0):
+        self.device = resolve_device(device)
         self.prior = load_prior(folder, self.device)
         self.prior.model.eval()
         self.size = 128

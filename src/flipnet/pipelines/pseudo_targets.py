@@ -1,11 +1,13 @@
 """``flipnet pseudo-targets``: pseudo targets for unlabeled real LQ faces (Kuai et al., WACV 2025).
 
 For each LQ face: restore it with the restorer, diffuse the output to t0 and sample back with
-low-pass guidance toward it (``prior_restore.guided_resample``). The pair (LQ, target) is what
-``flipnet finetune`` trains on. Output layout: ``DST/lq/NAME.png`` (the input, aligned crop),
-``DST/target/NAME.png``, and ``DST/pseudo_targets.json`` (settings). Resumable: faces whose
-target exists are skipped; each face's noise depends only on (seed, its sorted index), so a
-rerun after a kill -9 writes the same files (each written atomically, the target last).
+low-pass guidance toward it (``flipnet.diffusion.guided_resample``). The pair (LQ, target) is
+what ``flipnet finetune`` trains on (``flipnet.api.finetune`` runs this, then
+``training.finetune.finetune_on_pairs``). Output layout: ``DST/lq/NAME.png`` (the input,
+aligned crop), ``DST/target/NAME.png``, and ``DST/pseudo_targets.json`` (settings). Resumable:
+faces whose target exists are skipped; each face's noise depends only on (seed, its sorted
+index), so a rerun after a kill -9 writes the same files (each written atomically, the target
+last).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 
 from flipnet.config import folder_config_class
+from flipnet.device import resolve_device
+from flipnet.diffusion.guided_resample import GuidedResampleConfig, guided_resample
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import (
     BatchLog,
@@ -30,8 +34,10 @@ from flipnet.io import (
     to_uint8,
     write_bytes_atomic,
 )
-from flipnet.pipelines.prior_restore import GuidedResampleConfig, guided_resample
+from flipnet.models.prior import load_prior
+from flipnet.pipelines.methods import make_method
 from flipnet.splits import in_split
+from flipnet.weights import resolve_weights
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,6 @@ def is_flipnet_folder(folder: str | Path) -> bool:
 def open_restorer(folder: Path, *, device: str):
     """The restorer behind the pseudo targets: a feed-forward restorer, or FLIPNET's
     restoration mode (the paper's method works for any restorer)."""
-    from flipnet.pipelines.methods import make_method
-
     return make_method("flipnet" if is_flipnet_folder(folder) else "restorer", str(folder),
                        device=device)
 
@@ -76,9 +80,6 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
     """Write (lq, target) pairs for every aligned LQ face under ``src``; returns a report."""
     from rich.progress import Progress
 
-    from flipnet.models.prior import load_prior
-    from flipnet.pipelines.methods import pick_device, resolve_weights
-
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise FlipnetError(f"{dst}: output folder must not be the input folder or inside it")
@@ -87,7 +88,7 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
         files = [files[i] for i in np.linspace(0, len(files) - 1, cfg.limit).round().astype(int)]
     if not files:
         raise FlipnetError(f"{src}: no images in split {cfg.split!r}")
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     restorer = open_restorer(resolve_weights(cfg.restorer), device=str(device))
     prior = load_prior(resolve_weights(cfg.prior), device)
     trained_steps = prior.schedule.num_timesteps

@@ -1,9 +1,8 @@
-"""Whole-photo face restoration: detect -> align -> restore the crops -> paste back.
+"""Restore photos and videos in files and folders into GFPGAN's output layout.
 
-A restoration *method* is any object with ``name``, ``size`` (the crop size it works at),
-``template`` (the 5-point template its crops use) and ``restore(crops) -> crops`` on uint8
-(N, S, S, 3) arrays. The pipeline knows nothing else about it, so the fast restorer, its
-fine-tuned copy, FLIPNET and prior sampling all plug in the same way.
+The per-photo work (detect -> align -> restore -> paste) lives in ``pipelines.photo`` and the
+per-video work in ``pipelines.video``; this module only walks the inputs, shards them across
+processes, writes the outputs and the report. Imports go one way: restore -> video -> photo.
 
 Output layout follows GFPGAN: ``cropped_faces/``, ``restored_faces/``, ``cmp/`` (before | after)
 and ``restored_imgs/`` under the output folder, plus ``report.json`` for the run.
@@ -11,19 +10,12 @@ and ``restored_imgs/`` under the output folder, plus ``report.json`` for the run
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import cv2
-import numpy as np
 
 from flipnet.errors import FlipnetError, OutputPathError
-from flipnet.faces.keep_detail import KeepDetailConfig, restoration_weight
 from flipnet.io import (
     BatchLog,
     check_distinct,
@@ -32,240 +24,32 @@ from flipnet.io import (
     save_image,
     write_bytes_atomic,
 )
+from flipnet.pipelines.photo import (
+    DETECT_MAX_SIDE,
+    FRAMINGS,
+    RESTORED_PASS_SIDE,
+    STAGES,
+    FaceMethod,
+    FaceResult,
+    PhotoResult,
+    detect_restored,
+    ffhq_aligned_face,
+    find_faces,
+    restore_aligned,
+    restore_frames,
+    restore_photo,
+    scale_alpha,
+)
+from flipnet.pipelines.video import is_video, restore_video
 from flipnet.viz import side_by_side
 
-DETECT_MAX_SIDE = 2048  # detection runs on a copy at most this large (bounded memory, #8)
-RESTORED_PASS_SIDE = 192  # long side of the restored detection pass (measured: BENCHMARKS.md)
+# re-exported: callers (cli, serve, api, tests, benchmarks) import these from here
+__all__ = ["DETECT_MAX_SIDE", "FRAMINGS", "RESTORED_PASS_SIDE", "STAGES", "SUBFOLDERS",
+           "FaceMethod", "FaceResult", "PhotoResult", "detect_restored", "distributed_state",
+           "ffhq_aligned_face", "find_faces", "restore_aligned", "restore_files",
+           "restore_frames", "restore_photo", "scale_alpha"]
 
-
-class FaceMethod(Protocol):
-    """What the pipeline needs of a restoration method."""
-
-    name: str
-    size: int
-    template: str
-
-    def restore(self, crops: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) aligned crops -> restored crops of the same shape."""
-
-
-@dataclass
-class FaceResult:
-    """One face of a photo: where it was, its aligned crop, and the restored crop."""
-
-    box: tuple[int, int, int, int]
-    landmarks5: list[list[float]]
-    crop: np.ndarray
-    restored: np.ndarray | None
-    affine: np.ndarray | None = None
-    skipped: str = ""
-
-
-@dataclass
-class PhotoResult:
-    """A restored photo (uint8 RGB, alpha kept), its faces, and seconds per stage."""
-
-    image: np.ndarray
-    faces: list[FaceResult] = field(default_factory=list)
-    alpha: np.ndarray | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # detect / align / restore / paste
-
-
-STAGES = ("detect", "align", "restore", "paste")
-FRAMINGS = ("ffhq", "flipnet")  # what an --aligned crop looks like
 SUBFOLDERS = ("cropped_faces", "restored_faces", "cmp", "restored_imgs", "restored_videos")
-
-
-def _to_gray(rgb: np.ndarray) -> np.ndarray:
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return np.repeat(g[:, :, None], 3, axis=2)
-
-
-def restore_aligned(crop: np.ndarray, method: FaceMethod) -> np.ndarray:
-    """Restore one already-aligned face crop of any size (resized to the method's size and back)."""
-    h, w = crop.shape[:2]
-    x = crop if (h, w) == (method.size, method.size) else cv2.resize(
-        crop, (method.size, method.size), interpolation=cv2.INTER_AREA if h > method.size
-        else cv2.INTER_CUBIC)
-    out = method.restore(x[None])[0]
-    if (h, w) != (method.size, method.size):
-        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LANCZOS4)
-    return out
-
-
-@functools.cache
-def _detection_restorer():
-    """The shipped fast restorer, for the restored detection pass (None without weights)."""
-    from flipnet.pipelines.methods import make_method
-
-    try:
-        return make_method("restorer", device="cpu")
-    except FlipnetError:
-        return None
-
-
-def detect_restored(rgb: np.ndarray, *, side: int = RESTORED_PASS_SIDE, passes: int = 2) -> list:
-    """Faces found after restoring the whole photo: shrunk to ``side`` px (a face of a
-    portrait then spans ~100 px, the restorer's scale), restored ``passes`` times with the
-    fast restorer (any content size works: it is fully convolutional), then detected with HOG
-    at 2x and 4x; boxes and landmarks are mapped back to the photo. For faces so blurred or
-    noisy that dlib finds them neither at full size nor shrunk."""
-    import cv2
-
-    from flipnet.faces.detect import Face, detect_faces
-
-    restorer = _detection_restorer()
-    h, w = rgb.shape[:2]
-    if restorer is None or max(h, w) < side:
-        return []
-    scale = side / max(h, w)
-    x = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                   interpolation=cv2.INTER_AREA)
-    for _ in range(passes):
-        x = restorer.restore(x[None])[0]
-    for up in (1, 2):
-        found = detect_faces(x, upsample=up, max_side=4 * side)
-        if found:
-            return [Face(box=tuple(v / scale for v in f.box), score=f.score,
-                         landmarks5=f.landmarks5 / scale, landmarks68=f.landmarks68 / scale)
-                    for f in found]
-    return []
-
-
-def find_faces(rgb: np.ndarray, method: FaceMethod, *, only_center_face: bool = False,
-               detector: str = "hog", min_face: int = 24,
-               detect_max_side: int = DETECT_MAX_SIDE,
-               timings: dict[str, float] | None = None) -> list[FaceResult]:
-    """Detect (on a copy downscaled to ``detect_max_side``) and align every face of a photo."""
-    from flipnet.faces.align import align_face
-    from flipnet.faces.detect import detect_all_faces
-
-    timings = {} if timings is None else timings
-    t0 = time.perf_counter()
-    faces = detect_all_faces(rgb, detector=detector, max_side=detect_max_side)
-    if not faces:
-        faces = detect_restored(rgb)
-    if only_center_face and faces:
-        cy, cx = rgb.shape[0] / 2, rgb.shape[1] / 2
-        faces = [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2
-                     + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)]
-    t1 = time.perf_counter()
-    results: list[FaceResult] = []
-    for f in faces:
-        box = tuple(round(v) for v in f.box)
-        lm = np.asarray(f.landmarks5, np.float32)
-        if min(box[2] - box[0], box[3] - box[1]) < min_face:
-            results.append(FaceResult(box, lm.tolist(), np.zeros((0, 0, 3), np.uint8), None,
-                                      skipped=f"face smaller than {min_face} px"))
-            continue
-        al = align_face(rgb, lm, size=method.size, template=method.template)
-        results.append(FaceResult(box, lm.tolist(), al.crop, None, al.affine))
-    timings["detect"] = timings.get("detect", 0.0) + t1 - t0
-    timings["align"] = timings.get("align", 0.0) + time.perf_counter() - t1
-    return results
-
-
-def ffhq_aligned_face(rgb: np.ndarray, method: FaceMethod) -> FaceResult:
-    """The face of an FFHQ-aligned crop (CelebA-Test, WebPhoto, CodeFormer's cropped_faces):
-    its 5 landmarks are facexlib's 512 px template scaled to the crop, warped onto the
-    method's own template like a detected face."""
-    from flipnet.faces.align import align_face
-    from flipnet.faces.template import FFHQ_512
-
-    h, w = rgb.shape[:2]
-    lm = FFHQ_512 * np.array([w / 512.0, h / 512.0], np.float32)
-    al = align_face(rgb, lm, size=method.size, template=method.template)
-    return FaceResult((0, 0, w, h), lm.tolist(), al.crop, None, al.affine)
-
-
-def restore_frames(frames: list[np.ndarray], method: FaceMethod, *, upscale: float = 1.0,
-                   only_center_face: bool = False, detector: str = "hog", min_face: int = 24,
-                   is_gray: bool = False, detect_max_side: int = DETECT_MAX_SIDE,
-                   keep_detail: KeepDetailConfig | None = KeepDetailConfig(),
-                   ffhq_aligned: bool = False) -> list[PhotoResult]:
-    """Restore several photos (e.g. video frames) with one ``method.restore`` call for all faces.
-
-    ``keep_detail``: paste each face only where restoration changed it (``faces.keep_detail``;
-    None pastes the whole face). ``ffhq_aligned``: every frame is one FFHQ-aligned face (no
-    detection)."""
-    from flipnet.faces.paste import paste_faces
-
-    # detect + align each frame
-    timings = [dict.fromkeys(STAGES, 0.0) for _ in frames]
-    if ffhq_aligned:
-        per_frame = [[ffhq_aligned_face(rgb, method)] for rgb in frames]
-    else:
-        per_frame = [find_faces(rgb, method, only_center_face=only_center_face,
-                                detector=detector, min_face=min_face,
-                                detect_max_side=detect_max_side, timings=t)
-                     for rgb, t in zip(frames, timings)]
-
-    # restore every face of every frame in one batch; time shared by face count
-    todo = [r for faces in per_frame for r in faces if not r.skipped]
-    if todo:
-        t0 = time.perf_counter()
-        restored = method.restore(np.stack([r.crop for r in todo]))  # (N, S, S, 3)
-        for r, crop in zip(todo, restored):
-            r.restored = crop
-        share = (time.perf_counter() - t0) / len(todo)
-        for faces, t in zip(per_frame, timings):
-            t["restore"] = share * sum(not r.skipped for r in faces)
-
-    # paste back (uint8 throughout; only face-sized float regions)
-    out = []
-    for rgb, faces, t in zip(frames, per_frame, timings):
-        t0 = time.perf_counter()
-        done = [r for r in faces if r.restored is not None]
-        weights = None if keep_detail is None else [
-            restoration_weight(r.crop, r.restored, keep_detail) for r in done]
-        image = paste_faces(rgb, [r.restored for r in done], [r.affine for r in done],
-                            upscale=upscale, is_gray=is_gray, weights=weights)
-        t["paste"] = time.perf_counter() - t0
-        out.append(PhotoResult(image=image, faces=faces, timings=t))
-    return out
-
-
-def restore_photo(rgb: np.ndarray, method: FaceMethod, *, aligned: bool = False,
-                  framing: str = "ffhq", upscale: float = 1.0, only_center_face: bool = False,
-                  detector: str = "hog", min_face: int = 24, is_gray: bool = False,
-                  alpha: np.ndarray | None = None, detect_max_side: int = DETECT_MAX_SIDE,
-                  keep_detail: KeepDetailConfig | None = KeepDetailConfig()) -> PhotoResult:
-    """Restore every face of a uint8 RGB photo and paste it back (GFPGAN-style whole-photo BFR).
-
-    ``aligned``: the photo is one aligned face crop, framed as ``framing``: ``ffhq`` (the
-    field's 512 px FFHQ-aligned crops; the output keeps that framing and size) or ``flipnet``
-    (flipnet's own tight crops, restored whole)."""
-    if framing not in FRAMINGS:
-        raise FlipnetError(f"unknown aligned framing {framing!r}; choose one of "
-                           f"{', '.join(FRAMINGS)}")
-    if aligned and framing == "ffhq":
-        res = restore_frames([rgb], method, upscale=upscale, is_gray=is_gray,
-                             keep_detail=keep_detail, ffhq_aligned=True)[0]
-        res.alpha = scale_alpha(alpha, res.image)
-        return res
-    if aligned:
-        t0 = time.perf_counter()
-        out = restore_aligned(rgb, method)
-        if upscale != 1.0:
-            size = (round(rgb.shape[1] * upscale), round(rgb.shape[0] * upscale))
-            out = cv2.resize(out, size, interpolation=cv2.INTER_LANCZOS4)
-        out = _to_gray(out) if is_gray else out
-        face = FaceResult(box=(0, 0, rgb.shape[1], rgb.shape[0]), landmarks5=[], crop=rgb,
-                          restored=out)
-        return PhotoResult(image=out, faces=[face], alpha=scale_alpha(alpha, out),
-                           timings={"restore": time.perf_counter() - t0})
-    res = restore_frames([rgb], method, upscale=upscale, only_center_face=only_center_face,
-                         detector=detector, min_face=min_face, is_gray=is_gray,
-                         detect_max_side=detect_max_side)[0]
-    res.alpha = scale_alpha(alpha, res.image)
-    return res
-
-
-def scale_alpha(alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray | None:
-    """Resize an (H, W) alpha channel to the size of ``like`` (after ``--upscale``)."""
-    if alpha is None or alpha.shape[:2] == like.shape[:2]:
-        return alpha
-    return cv2.resize(alpha, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def distributed_state():
@@ -314,16 +98,21 @@ def _merge_parts(out_dir: Path, world: int) -> dict:
 
 
 def restore_files(inputs: list[Path], out_dir: Path, method: FaceMethod, *, ext: str = "auto",
-                  progress: bool = True, settings: dict | None = None, **photo_kwargs) -> dict:
+                  suffix: str | None = None, progress: bool = True, settings: dict | None = None,
+                  video_options: dict | None = None, **photo_kwargs) -> dict:
     """Restore photos and videos into the GFPGAN output layout; bad files are skipped, finished
     outputs kept, and a rerun skips inputs whose final output already exists.
+
+    ``suffix`` (GFPGAN's ``--suffix``) is appended to the restored names of photos:
+    ``restored_imgs/NAME_SUFFIX.EXT`` and ``restored_faces/NAME_00_SUFFIX.png``.
+
+    ``photo_kwargs`` go to ``restore_photo`` and ``restore_video``; ``video_options`` (e.g.
+    ``smooth``, ``detect_every``) to ``restore_video`` only.
 
     Under ``accelerate launch --num_processes N`` each process takes inputs ``i % N == rank``
     and the main process merges the per-process reports after a barrier.
     """
     from rich.progress import Progress
-
-    from flipnet.pipelines.video import is_video, restore_video
 
     out_dir = Path(out_dir)
     try:
@@ -351,12 +140,13 @@ def restore_files(inputs: list[Path], out_dir: Path, method: FaceMethod, *, ext:
             if is_video(path):
                 try:
                     per_image[str(path)] = restore_video(path, out_dir, method, bar=bar,
-                                                         **photo_kwargs)
+                                                         **photo_kwargs,
+                                                         **(video_options or {}))
                     log.done += 1
                 except FlipnetError as e:
                     log.skip(path, getattr(e, "problem", str(e)))
                 continue
-            entry = _restore_one(path, out_dir, method, ext, log, photo_kwargs)
+            entry = _restore_one(path, out_dir, method, ext, log, photo_kwargs, suffix)
             if entry is not None:
                 if entry.get("resumed"):
                     entry = {**previous.get(str(path), {}), "resumed": True}
@@ -382,11 +172,12 @@ def restore_files(inputs: list[Path], out_dir: Path, method: FaceMethod, *, ext:
 
 
 def _restore_one(path: Path, out_dir: Path, method: FaceMethod, ext: str, log: BatchLog,
-                 photo_kwargs: dict) -> dict | None:
+                 photo_kwargs: dict, name_suffix: str | None = None) -> dict | None:
     """Restore one photo into the output layout; returns its report entry (None if skipped)."""
     stem = path.stem
+    tag = f"_{name_suffix}" if name_suffix else ""  # GFPGAN's --suffix
     suffix = path.suffix.lower() if ext == "auto" else "." + ext.lstrip(".")
-    final = out_dir / "restored_imgs" / f"{stem}{suffix}"
+    final = out_dir / "restored_imgs" / f"{stem}{tag}{suffix}"
     try:
         check_distinct(final, path)
     except FlipnetError as e:
@@ -408,7 +199,7 @@ def _restore_one(path: Path, out_dir: Path, method: FaceMethod, ext: str, log: B
             if face.restored is None:
                 continue
             save_image(out_dir / "cropped_faces" / f"{stem}_{i:02d}.png", face.crop)
-            save_image(out_dir / "restored_faces" / f"{stem}_{i:02d}.png", face.restored)
+            save_image(out_dir / "restored_faces" / f"{stem}_{i:02d}{tag}.png", face.restored)
             save_image(out_dir / "cmp" / f"{stem}_{i:02d}.png",
                        side_by_side(face.crop, face.restored))
         save_image(final, res.image, res.alpha)  # last: its presence marks the photo done

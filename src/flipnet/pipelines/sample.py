@@ -14,7 +14,8 @@ from flipnet.diffusion.samplers import SAMPLERS
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError
 from flipnet.io import to_uint8
-from flipnet.models.prior import Prior, load_prior
+from flipnet.models.prior import load_prior
+from flipnet.models.prior_types import Prior
 
 
 def sample_prior(weights: str | os.PathLike | Prior, *, n: int = 64, steps: int = 50,

@@ -7,6 +7,12 @@ when complete, so a run killed at any moment (even ``kill -9``) resumes from the
 segment. At the end the segments are concatenated and the source's audio streams are copied in
 (``-map 0:v -map 1:a? -c:a copy``; re-encoded to AAC only if MP4 cannot hold them), again via a
 temporary file and a rename: ``OUT/restored_videos/<name>.mp4`` is either absent or complete.
+
+Faces are followed across frames (``faces.track``, issue 19): detected every ``detect_every``
+frames, carried by optical flow in between, their landmarks One Euro smoothed (so the aligned
+crops do not jitter), and each restored face blended with the previous frame's, motion
+compensated (so the restorer's frame-to-frame variations average out). The tracker's state is
+saved with each finished segment, so a resumed run goes on exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,9 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
-from flipnet.errors import FlipnetError, ImageReadError, OutputPathError
+from flipnet.errors import ConfigError, FlipnetError, ImageReadError, OutputPathError
+from flipnet.faces.align import compose_affine, invert_affine
 from flipnet.faces.keep_detail import KeepDetailConfig
+from flipnet.faces.track import DETECT_EVERY, TEMPORAL, FaceTracker, TrackedFace, blend_restored
 from flipnet.io import write_bytes_atomic
+from flipnet.pipelines.photo import (
+    STAGES,
+    FaceMethod,
+    FaceResult,
+    PhotoResult,
+    detect_photo_faces,
+    face_result,
+    paste_found,
+    restore_crops,
+    restore_photo,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 SEGMENT_FRAMES = 240
@@ -180,10 +199,13 @@ def _open_work(work: Path, key: str) -> None:
 
 class _Segments:
     """Encodes frames into numbered segment files; a finished segment is renamed into place
-    (with its face count beside it), so an interrupted run can skip it next time."""
+    (with its face count and the tracker's state beside it), so an interrupted run can skip it
+    next time and go on from the same tracker state."""
 
-    def __init__(self, work: Path, size: tuple[int, int], fps: Fraction, length: int):
+    def __init__(self, work: Path, size: tuple[int, int], fps: Fraction, length: int,
+                 tracker: FaceTracker | None = None):
         self.work, self.size, self.fps, self.length = work, size, fps, length
+        self.tracker = tracker
         self.parts: list[Path] = []
         self.frames = self.faces = 0
         self.count = self.seg_faces = 0  # frames / faces in the current segment
@@ -211,7 +233,9 @@ class _Segments:
             self.close()
 
     def close(self) -> None:
-        """Finish the current segment: close the encoder, record faces, rename into place."""
+        """Finish the current segment: close the encoder, record faces and the tracker's state,
+        rename into place. Both a fresh and a skipped segment reload the tracker from that
+        record, so a resumed run goes on exactly as an uninterrupted one."""
         if self.count == 0:
             return
         part = self._part()
@@ -219,12 +243,17 @@ class _Segments:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-            write_bytes_atomic(faces_file, json.dumps({"faces": self.seg_faces}).encode())
+            track = None if self.tracker is None else self.tracker.state()
+            write_bytes_atomic(faces_file, json.dumps({"faces": self.seg_faces,
+                                                       "track": track}).encode())
             os.replace(part.with_name(f".{part.name}.tmp"), part)
         try:
-            self.faces += json.loads(faces_file.read_text())["faces"]
-        except (OSError, ValueError, KeyError):
-            pass
+            done = json.loads(faces_file.read_text())
+            self.faces += done["faces"]
+        except (OSError, ValueError, KeyError, TypeError):
+            done = {}
+        if self.tracker is not None:
+            self.tracker.load_state(done.get("track"))
         self.parts.append(part)
         self.count = self.seg_faces = 0
 
@@ -250,20 +279,94 @@ def _stream(frames, segments: _Segments, restore_batch, pbar, task, batch_frames
     segments.close()
 
 
+def _most_central(faces: list[TrackedFace], shape: tuple[int, ...]) -> TrackedFace:
+    cy, cx = shape[0] / 2, shape[1] / 2
+    return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2
+               + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
+
+
+class TrackedFrames:
+    """Restores the consecutive frames of one clip, a batch at a time: faces found by a
+    ``FaceTracker`` (detect every ``detect_every`` frames, optical flow in between, landmarks
+    One Euro smoothed if ``smooth``), aligned, restored in one batch, blended with the
+    previous frame's restored face (``temporal``: its weight, 0 = off; ``blend_restored``)
+    and pasted back."""
+
+    def __init__(self, method: FaceMethod, *, fps: float = 25.0, upscale: float = 1.0,
+                 only_center_face: bool = False, detector: str = "hog", min_face: int = 24,
+                 keep_detail: KeepDetailConfig | None = KEEP_DETAIL_DEFAULT,
+                 smooth: bool = True, detect_every: int = DETECT_EVERY,
+                 temporal: float = TEMPORAL):
+        if not 0.0 <= temporal < 1.0:
+            raise ConfigError(f"temporal must be in [0, 1), got {temporal}")
+        if detect_every < 1:
+            raise ConfigError(f"detect_every must be >= 1, got {detect_every}")
+        self.method, self.upscale, self.min_face = method, upscale, min_face
+        self.keep_detail, self.temporal = keep_detail, temporal
+        self.only_center_face = only_center_face
+        self.tracker = FaceTracker(
+            lambda rgb: [(f.box, f.landmarks5) for f in detect_photo_faces(
+                rgb, only_center_face=only_center_face, detector=detector)],
+            detect_every=detect_every, smooth=smooth, fps=fps)
+        self.memory: dict[int, tuple] = {}  # track id -> (output, input crop, affine)
+
+    def _blend(self, faces: list[FaceResult], tracked: list[TrackedFace]) -> None:
+        """Blend each restored face of one frame with its track's previous output."""
+        memory = {}
+        for r, f in zip(faces, tracked):
+            if r.restored is None:
+                continue
+            out = r.restored.astype(np.float32)
+            prev = self.memory.get(f.track_id)
+            if prev is not None and f.flow is not None:
+                prev_out, prev_crop, prev_affine = prev
+                warp = compose_affine(r.affine, compose_affine(f.flow,
+                                                               invert_affine(prev_affine)))
+                out = blend_restored(r.restored, r.crop, prev_out, prev_crop, warp,
+                                     strength=self.temporal)
+                r.restored = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            memory[f.track_id] = (out, r.crop, r.affine)
+        self.memory = memory
+
+    def __call__(self, batch: list[np.ndarray]) -> list[PhotoResult]:
+        """Restore the next frames of the clip (uint8 (H, W, 3) RGB each), in order."""
+        timings = [dict.fromkeys(STAGES, 0.0) for _ in batch]
+        per_frame, tracks = [], []
+        for rgb, t in zip(batch, timings):
+            t0 = time.perf_counter()
+            tracked = self.tracker(rgb)
+            if self.only_center_face and len(tracked) > 1:  # a carried face and a new one
+                tracked = [_most_central(tracked, rgb.shape)]
+            t1 = time.perf_counter()
+            per_frame.append([face_result(rgb, f.box, f.landmarks5, self.method,
+                                          min_face=self.min_face) for f in tracked])
+            tracks.append(tracked)
+            t["detect"], t["align"] = t1 - t0, time.perf_counter() - t1
+        restore_crops(per_frame, self.method, timings)
+        if self.temporal > 0:
+            for faces, tracked in zip(per_frame, tracks):  # in frame order
+                self._blend(faces, tracked)
+        return paste_found(batch, per_frame, upscale=self.upscale,
+                           keep_detail=self.keep_detail, timings=timings)
+
+
 def restore_video(path: str | os.PathLike, out_dir: str | os.PathLike, method, *,
                   upscale: float = 1.0, only_center_face: bool = False, detector: str = "hog",
                   min_face: int = 24, aligned: bool = False, framing: str = "ffhq",
                   keep_detail: KeepDetailConfig | None = KEEP_DETAIL_DEFAULT,
-                  batch_frames: int = BATCH_FRAMES,
+                  smooth: bool = True, detect_every: int = DETECT_EVERY,
+                  temporal: float = TEMPORAL, batch_frames: int = BATCH_FRAMES,
                   segment_frames: int = SEGMENT_FRAMES, progress: bool = True, bar=None) -> dict:
     """Restore every face in every frame of a video -> ``OUT/restored_videos/<name>.mp4``.
 
     Same frame count, fps and (upscaled) size; audio copied from the source. Resumes from the
-    last finished segment after an interruption. ``bar``: a running rich ``Progress`` to add the
-    frame bar to. Returns the report entry (frames, faces, seconds, output).
+    last finished segment after an interruption. ``smooth``: One Euro smoothing of each face's
+    landmarks across frames; ``detect_every``: run the face detector on every k-th frame and
+    track faces by optical flow in between; ``temporal``: weight of the previous frame's
+    restored face, motion compensated, in the current one (0 = off; see ``TrackedFrames``).
+    ``bar``: a running rich ``Progress`` to add the frame bar to. Returns the report entry
+    (frames, faces, seconds, output).
     """
-    from flipnet.pipelines.restore import restore_frames, restore_photo
-
     path, out_dir = Path(path), Path(out_dir)
     final = out_dir / "restored_videos" / f"{path.stem}.mp4"
     if final.resolve() == path.resolve():
@@ -277,19 +380,25 @@ def restore_video(path: str | os.PathLike, out_dir: str | os.PathLike, method, *
     settings = {"method": method.name, "upscale": upscale, "only_center_face": only_center_face,
                 "detector": detector, "min_face": min_face, "aligned": aligned,
                 "framing": framing, "keep_detail": keep_detail is not None,
+                "smooth": smooth, "detect_every": detect_every, "temporal": temporal,
                 "segment_frames": segment_frames}
     _open_work(work, _work_key(path, settings))
+
+    tracked = None if aligned else TrackedFrames(
+        method, fps=float(info.fps), upscale=upscale, only_center_face=only_center_face,
+        detector=detector, min_face=min_face, keep_detail=keep_detail, smooth=smooth,
+        detect_every=detect_every, temporal=temporal)
 
     def restore_batch(batch: list[np.ndarray]) -> list:
         if aligned:
             return [restore_photo(f, method, aligned=True, framing=framing, upscale=upscale,
                                   keep_detail=keep_detail) for f in batch]
-        return restore_frames(batch, method, upscale=upscale, only_center_face=only_center_face,
-                              detector=detector, min_face=min_face, keep_detail=keep_detail)
+        return tracked(batch)
 
     from rich.progress import Progress
 
-    segments = _Segments(work, out_size, info.fps, segment_frames)
+    segments = _Segments(work, out_size, info.fps, segment_frames,
+                         None if tracked is None else tracked.tracker)
     with (Progress(disable=not progress, transient=True) if bar is None
           else nullcontext(bar)) as pbar:
         task = pbar.add_task(f"{path.name} frames", total=info.frames_estimate)

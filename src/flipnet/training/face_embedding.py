@@ -28,13 +28,14 @@ from flipnet.models.face_embedding import (
     reconstruction_loss,
     save_face_embedder,
 )
-from flipnet.training.common import (
+from flipnet.training.harness import (
     EMA,
+    TrainingRun,
     TrainProgress,
     hardware_name,
+    make_loader,
     run_from_argv,
 )
-from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.training.pairs import (
     PairSampler,
     SyntheticPairs,

@@ -1,9 +1,12 @@
-"""Unsupervised fine-tuning with a diffusion prior (Kuai et al., WACV 2025): make pseudo targets
-for unlabeled real LQ faces, then fine-tune the restorer on (LQ, pseudo target) pairs with
-L1 + perceptual + GAN at a small learning rate. Inference cost is unchanged: the output is an
-ordinary restorer weights folder. A FLIPNET folder can be the restorer too: its restoration mode
-makes the pseudo targets' starting points and its adapters are fine-tuned with its own diffusion
-loss on the same pairs (restore: LQ -> target; degrade: target -> real LQ).
+"""Unsupervised fine-tuning with a diffusion prior (Kuai et al., WACV 2025): fine-tune the
+restorer on (LQ, pseudo target) pairs with L1 + perceptual + GAN at a small learning rate.
+Inference cost is unchanged: the output is an ordinary restorer weights folder. A FLIPNET folder
+can be the restorer too: its adapters are fine-tuned with its own diffusion loss on the same
+pairs (restore: LQ -> target; degrade: target -> real LQ).
+
+The pairs are made first by ``pipelines.pseudo_targets`` (restore, diffuse, guided sampling
+back); ``flipnet finetune`` (``flipnet.api.finetune``) runs both steps. Training sits beside the
+pipelines and imports none of them, so this module only trains on the pairs it is given.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flipnet.config import folder_config_class, load_config
+from flipnet.errors import FlipnetError
+from flipnet.weights import resolve_weights
 
 
 @dataclass(frozen=True)
@@ -44,24 +51,17 @@ class FinetuneConfig:
         "help": "Continue even if settings differ (a same-settings rerun continues anyway)."})
 
 
-def finetune(cfg: FinetuneConfig) -> Path:
-    """Pseudo targets (resumable) then fine-tuning; returns the exported restorer folder."""
-    from flipnet.pipelines.methods import resolve_weights
-    from flipnet.pipelines.pseudo_targets import (
-        PseudoTargetConfig,
-        is_flipnet_folder,
-        make_pseudo_targets,
-    )
+def finetune_on_pairs(cfg: FinetuneConfig, pairs: str | Path) -> Path:
+    """Fine-tune ``cfg.restorer`` on the (``lq/``, ``target/``) pseudo-target pairs in ``pairs``
+    into ``cfg.out/train``; returns the exported weights folder."""
     from flipnet.training.restorer import RestorerTrainConfig, train_restorer
 
-    out = Path(cfg.out)
-    pseudo = out / "pseudo"
-    make_pseudo_targets(cfg.unlabeled, pseudo, PseudoTargetConfig(
-        restorer=cfg.restorer, prior=cfg.prior, respaced_steps=cfg.respaced_steps, t0=cfg.t0,
-        tau=cfg.tau, factor=cfg.factor, seed=cfg.seed,
-        split=cfg.split, limit=cfg.limit, device=cfg.device))
+    out, pseudo = Path(cfg.out), Path(pairs)
+    if not (pseudo / "target").is_dir():
+        raise FlipnetError(f"{pseudo}: no target/ folder of pseudo targets; make them first "
+                           "(flipnet pseudo-targets, or flipnet finetune which does both)")
     init = _portable(resolve_weights(cfg.restorer))
-    if is_flipnet_folder(init):
+    if folder_config_class(init) == "FlipNetConfig":
         return _finetune_flipnet(cfg, init, pseudo)
     from flipnet.models.restorer import load_restorer
 
@@ -79,7 +79,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
 def _finetune_flipnet(cfg: FinetuneConfig, folder: Path, pseudo: Path) -> Path:
     """FLIPNET as the restorer: its own diffusion loss on the pseudo pairs in both modes
     (restore: LQ -> pseudo target; degrade: pseudo target -> real LQ), from its adapters."""
-    from flipnet.config import load_config
     from flipnet.models.flipnet import FlipNetConfig, resolve_prior
     from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
 from flipnet.errors import ConfigError, FlipnetError, ImageReadError
 from flipnet.io import (
@@ -45,17 +46,18 @@ from flipnet.io import (
 )
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
 from flipnet.splits import in_split
-from flipnet.training.common import (
+from flipnet.training.data import resize_square
+from flipnet.training.harness import (
     EMA,
+    TrainingRun,
     TrainProgress,
     hardware_name,
+    make_loader,
     run_from_argv,
     save_checkpoint,
     set_lr,
     warmup_lr,
 )
-from flipnet.training.data import resize_square
-from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.training.pairs import (
     PairFolder,
     PairSampler,
@@ -225,8 +227,6 @@ def _prepare_pairs(cfg: FlipNetTrainConfig) -> None:
 
 def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     """Train (or resume) FLIPNET; returns the exported EMA folder ``<out_dir>/flipnet``."""
-    from flipnet.pipelines.flipnet_method import flipnet_degrade, flipnet_restore
-
     # checkpoint_writer: this module's name, so a test can spy on every process's checkpoints
     run = TrainingRun(cfg, export="flipnet", harmless=RESUME_HARMLESS,
                       prepare_outputs=lambda: _prepare_pairs(cfg),

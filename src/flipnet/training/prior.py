@@ -19,18 +19,20 @@ from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import sample_ddim
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import FlipnetError
-from flipnet.models.prior import PriorConfig, save_prior
+from flipnet.models.prior import save_prior
+from flipnet.models.prior_types import PriorConfig
 from flipnet.models.unet import UNet, count_parameters
-from flipnet.training.common import (
+from flipnet.training.data import FaceFolder, ShuffleFlipSampler
+from flipnet.training.harness import (
     EMA,
+    TrainingRun,
     TrainProgress,
     hardware_name,
+    make_loader,
     run_from_argv,
     set_lr,
     warmup_lr,
 )
-from flipnet.training.data import FaceFolder, ShuffleFlipSampler
-from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.viz import save_grid
 
 # settings that may change between a run and its continuation without changing the result

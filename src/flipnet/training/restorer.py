@@ -33,16 +33,17 @@ from flipnet.models.restorer import (
     load_restorer,
     save_restorer,
 )
-from flipnet.training.common import (
+from flipnet.training.harness import (
     EMA,
+    TrainingRun,
     TrainProgress,
     append_log,
     hardware_name,
+    make_loader,
     run_from_argv,
     set_lr,
     warmup_lr,
 )
-from flipnet.training.harness import TrainingRun, make_loader
 from flipnet.training.losses import (
     fft_amplitude_loss,
     gan_discriminator_loss,

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 let maxUploadMb = 20;
 let fidelityMethods = new Set();
+const methods = new Map();  // name -> {name, status, reason, face_size, fidelity} from the server
 let urls = [];  // object URLs of the last result, revoked before the next
 
 function say(text, isError = false) {
@@ -25,20 +26,73 @@ function updateFidelity() {
   $("fidelity-value").textContent = $("fidelity").value;
 }
 
+// The selector's groups, in order: methods whose weights passed their quality gate, baselines
+// without a model, then those that did not pass (never the default).
+const GROUPS = [
+  ["ready", "Ready"],
+  ["baseline", "Baselines (no model)"],
+  ["experimental", "Experimental: did not pass the quality gate"],
+];
+
+function describeMethod(m) {
+  const size = m.face_size ? `${m.face_size} x ${m.face_size} px` : "a size not recorded";
+  if (m.status === "baseline") {
+    return { lead: "Baseline (no model):", text: `${m.reason}. Faces are processed at ${size} by ` };
+  }
+  const lead = m.status === "experimental" ? `Experimental: ${m.reason}.` : "";
+  return { lead, text: `Faces are restored at ${size} by ` };
+}
+
+function updateNote() {
+  const m = methods.get($("method").value);
+  const note = $("method-note");
+  note.replaceChildren();
+  if (!m) return;
+  const { lead, text } = describeMethod(m);
+  if (lead) {
+    const strong = document.createElement("strong");
+    strong.textContent = lead;
+    note.append(strong, " ");
+  }
+  const code = document.createElement("code");
+  code.textContent = m.name;
+  note.append(text, code, ".");
+  note.dataset.status = m.status;
+}
+
 async function loadMethods() {
   try {
     const resp = await fetch("/api/methods");
     const info = await resp.json();
     maxUploadMb = info.max_upload_mb;
-    for (const m of info.methods) {
-      const opt = new Option(m.name, m.name, m.name === info.default, m.name === info.default);
-      $("method").add(opt);
-      if (m.fidelity) fidelityMethods.add(m.name);
+    for (const [status, label] of GROUPS) {
+      const group = info.methods.filter((m) => m.status === status);
+      if (!group.length) continue;
+      const optgroup = document.createElement("optgroup");
+      optgroup.label = label;
+      optgroup.dataset.status = status;
+      for (const m of group) {
+        const text = status === "experimental" ? `${m.name} (experimental)` : m.name;
+        const opt = new Option(text, m.name, m.name === info.default, m.name === info.default);
+        opt.title = m.reason;
+        opt.dataset.status = status;
+        optgroup.append(opt);
+        methods.set(m.name, m);
+        if (m.fidelity) fidelityMethods.add(m.name);
+      }
+      $("method").append(optgroup);
     }
-    updateFidelity();
+    onMethodChange();
   } catch (err) {
     say(`Could not reach the server: ${err}`, true);
   }
+}
+
+function onMethodChange() {
+  updateFidelity();
+  updateNote();
+  const m = methods.get($("method").value);
+  $("method").title = m ? m.reason : "";
 }
 
 async function errorText(resp) {
@@ -81,8 +135,10 @@ async function restore(event) {
     const stem = file.name.replace(/\.[^.]*$/, "") || "photo";
     $("download").href = urls[1];
     $("download").download = `${stem}_restored.png`;
+    const status = resp.headers.get("X-Method-Status");
     $("faces").textContent = `${resp.headers.get("X-Message")} · ` +
-      `${$("after").naturalWidth}x${$("after").naturalHeight} px · ${resp.headers.get("X-Method")}`;
+      `${$("after").naturalWidth}x${$("after").naturalHeight} px · ${resp.headers.get("X-Method")}` +
+      (status === "experimental" ? " (experimental)" : "");
     $("compare").hidden = false;
     $("split").hidden = false;
     $("result-info").hidden = false;
@@ -114,7 +170,7 @@ $("file").addEventListener("change", () => {
   $("restore").disabled = !$("file").files.length;
   say($("file").files.length ? "" : "Choose a photo first.");
 });
-$("method").addEventListener("change", updateFidelity);
+$("method").addEventListener("change", onMethodChange);
 $("fidelity").addEventListener("input", updateFidelity);
 $("controls").addEventListener("submit", restore);
 $("split").addEventListener("input", () => setSplit(Number($("split").value)));
