@@ -433,4 +433,6 @@ def test_finetune_accepts_flipnet_as_the_restorer(train_setup, straight_run, tmp
     a, b = tuned.adapter_state_dict(), before.adapter_state_dict()
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the adapters moved
+    emb = [k for k in a if k.startswith("embedder.")]  # issue 17: the frozen embedder is kept
+    assert emb and all(torch.equal(a[k], b[k]) for k in emb)
     assert f"started from `{start}`" in (folder / "MODEL_CARD.md").read_text()

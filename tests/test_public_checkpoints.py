@@ -195,3 +195,44 @@ def test_diffusers_unet2d_folder(tmp_path, schedule, prediction, ours):
     with torch.no_grad():
         assert torch.allclose(prior.model(x, t), unet(x, t).sample, atol=1e-5)
     assert load_prior(tmp_path / "unet").kind == "diffusers"  # the unet folder alone also works
+
+
+def test_flipnet_on_a_guided_diffusion_checkpoint(tmp_path):
+    """Issue 17: a public checkpoint is a full prior config, so FLIPNET can sit on it; the
+    FLIPNET folder records the checkpoint path (and flags) and reopens it from there."""
+    from flipnet.errors import WeightsError
+    from flipnet.models.face_embedding import FaceEmbeddingConfig
+    from flipnet.models.flipnet import FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
+
+    torch.save(guided_state_dict(FLAGS), tmp_path / "model.pt")
+    prior = load_prior(tmp_path / "model.pt", flags=FLAGS)  # no sidecar: flags given here
+    unet_cfg, sched, _ = configs_from_flags(FLAGS)
+    assert prior.config is not None and prior.config.unet == unet_cfg
+    assert prior.config.schedule == sched
+    cfg = FlipNetConfig(embedding=FaceEmbeddingConfig(image_size=16, channels=(8, 16), tokens=4,
+                                                      dim=16), lora_rank=2)
+    net = build_flipnet(cfg, prior=prior).eval()
+    assert net.config.prior == str(tmp_path / "model.pt")
+    g = torch.Generator().manual_seed(2)
+    x, c, t = (torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g),
+               torch.tensor([5, 600]))
+    with torch.no_grad():  # a fresh FLIPNET is the prior, on both streams
+        expected = prior.model(torch.cat([x, c]), torch.cat([t, t]))
+        got = torch.cat(net(x, c, t, mode="restore", context_image=c))
+        assert torch.allclose(got, expected, atol=1e-5)
+        for p in net.trainable_parameters():
+            p.add_(0.01)  # adapters that do something
+        for v in net.adapter_state_dict().values():
+            v.copy_(v.half().float())  # fp16-exact, as stored (the prior stays fp32)
+        save_flipnet(tmp_path / "flipnet", net)
+        loaded = load_flipnet(tmp_path / "flipnet")
+        a = loaded(x, c, t, mode="degrade", context_image=c)
+        b = net(x, c, t, mode="degrade", context_image=c)
+    assert loaded.prior_config == prior.config and loaded.config == net.config
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    frozen = {k: v for k, v in loaded.unet.state_dict().items() if k in loaded.frozen_keys}
+    ours = net.unet.state_dict()
+    assert all(torch.equal(v, ours[k]) for k, v in frozen.items())  # the prior, reread exactly
+    (tmp_path / "model.pt").rename(tmp_path / "moved.pt")
+    with pytest.raises(WeightsError, match=r"model\.pt"):
+        load_flipnet(tmp_path / "flipnet")

@@ -48,6 +48,9 @@ from flipnet.pipelines.restore import FRAMINGS
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # diffusion methods: the only ones that take ``fidelity``, ``steps`` and ``seed``
 FIDELITY_METHODS = SAMPLING_METHODS
+# of those, the ones whose ``restore(crops, *, fidelity=)`` takes it per call: one instance
+# serves every fidelity (the others fix it when built, so the cache keys on it)
+PER_CALL_FIDELITY = ("flipnet",)
 # methods without weights, and what each does instead of restoring
 BASELINES = {"input": "the photo as uploaded",
              "bicubic": "down x4 and bicubic back up (what a plain upscaler gives)",
@@ -174,14 +177,29 @@ class Capacity:
             self.in_use -= 1
 
 
-class MethodCache:
-    """Restoration methods built once per (name, fidelity) and shared by all requests.
+class WithFidelity:
+    """A shared method seen by one request: ``restore(crops)`` passes this request's fidelity
+    (``method.restore(crops, fidelity=...)``); every other attribute is the method's."""
 
-    Fidelity is part of the key because the diffusion methods fix it when built (``PriorMethod``
-    turns it into its t0/tau schedule, ``FlipNetMethod`` into its options; ``restore(crops)``
-    takes no per-call options). Bounded (least recently used entries dropped) so that many
-    fidelity values cannot grow memory; the lock makes concurrent first requests build a method
-    only once.
+    def __init__(self, method, fidelity: float):
+        self.method, self.fidelity = method, fidelity
+
+    def restore(self, crops: np.ndarray) -> np.ndarray:
+        """The shared method's ``restore`` at this request's fidelity."""
+        return self.method.restore(crops, fidelity=self.fidelity)
+
+    def __getattr__(self, name: str):
+        return getattr(self.method, name)
+
+
+class MethodCache:
+    """Restoration methods built once and shared by all requests.
+
+    ``PriorMethod`` fixes fidelity when built (its t0/tau schedule), so for it fidelity (rounded
+    to 0.1) is part of the key. ``FlipNetMethod`` takes it per call (``PER_CALL_FIDELITY``): one
+    instance per name, handed to each request wrapped with that request's fidelity. Bounded
+    (least recently used entries dropped) so that many fidelity values cannot grow memory; the
+    lock makes concurrent first requests build a method only once.
     """
 
     def __init__(self, factory: Callable[[str, float], object], *, max_entries: int = 4):
@@ -193,14 +211,16 @@ class MethodCache:
     def get(self, name: str, fidelity: float = 0.5):
         """The method ``name`` (fidelity rounded to 0.1 where the method has that knob)."""
         fid = round(float(fidelity), 1) if name in FIDELITY_METHODS else 0.5
-        key = (name, fid)
+        per_call = name in PER_CALL_FIDELITY
+        key = (name, None) if per_call else (name, fid)
         with self._lock:
             if key not in self._items:
-                self._items[key] = self.factory(name, fid)
+                self._items[key] = self.factory(name, 0.5 if per_call else fid)
                 while len(self._items) > self.max_entries:
                     self._items.popitem(last=False)
             self._items.move_to_end(key)
-            return self._items[key]
+            method = self._items[key]
+        return WithFidelity(method, fid) if per_call else method
 
 
 def default_method_factory(cfg: ServeConfig) -> Callable[[str, float], object]:

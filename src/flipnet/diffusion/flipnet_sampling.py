@@ -10,8 +10,11 @@ are resized to it and results back. Image k of a run draws all its noise from
 
 Fidelity (restoration): ``phi = trained phi x 2 x fidelity`` (0.5 = the trained weight,
 0 = BoostHub off), optionally with a start step below pure noise (``start`` < 1 starts from the
-LQ diffused to that fraction of the schedule). ``net`` is a ``flipnet.models.flipnet.FlipNet``
-(duck-typed: ``prior_config``, ``config.phi``, ``set_phi`` and the two-stream call). Used by
+LQ diffused to that fraction of the schedule). ``phi`` is passed with every network call, never
+set on the shared modules, so threads sampling one network with different fidelities do not
+disturb each other. The known image's face tokens are computed once per run, not per step.
+``net`` is a ``flipnet.models.flipnet.FlipNet`` (duck-typed: ``prior_config``, ``config.phi``,
+``context`` and the two-stream call with ``context_tokens`` and ``phi``). Used by
 ``pipelines.flipnet_method`` (the FaceMethod) and ``training.flipnet`` (sample grids).
 """
 
@@ -36,8 +39,10 @@ def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 @torch.no_grad()
 def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
                    sampler: str = "ddim", seed: int = 0, start: float = 1.0,
-                   indices: list[int] | None = None, progress: bool = False) -> torch.Tensor:
-    """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1]."""
+                   indices: list[int] | None = None, phi: float | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1];
+    ``phi``: BoostHub weight for this run (default: the trained one)."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if not 0.0 < start <= 1.0:
@@ -56,9 +61,11 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
     if first < steps - 1:  # start from the known image diffused to ts[0]
         x = schedule.q_sample(cond, ts[0], x)
 
+    tokens = net.context(cond, mode)  # (N, S, D) or None: once per image, not per step
+
     def model_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xc = schedule.q_sample(cond, t, cond_noise)  # the condition stream at the same t
-        return net(xt, xc, t, mode=mode, context_image=cond)[0]
+        return net(xt, xc, t, mode=mode, context_tokens=tokens, phi=phi)[0]
 
     kwargs = {"progress": progress}
     if sampler == "ddpm":
@@ -71,11 +78,7 @@ def flipnet_restore(net, lq: torch.Tensor, *, fidelity: float = 0.5, **kwargs) -
     """Restoration mode: LQ (N, 3, H, W) -> restored, phi = trained phi x 2 x fidelity."""
     if not 0.0 <= fidelity <= 1.0:
         raise ConfigError(f"fidelity must be in [0, 1], got {fidelity}")
-    net.set_phi(net.config.phi * 2.0 * fidelity)
-    try:
-        return sample_flipnet(net, lq, mode="restore", **kwargs)
-    finally:
-        net.set_phi(net.config.phi)
+    return sample_flipnet(net, lq, mode="restore", phi=net.config.phi * 2.0 * fidelity, **kwargs)
 
 
 def flipnet_degrade(net, hq: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -10,9 +10,12 @@ FLIPNET runs two noisy images through one frozen UNet, stacked on the batch axis
   position in the batch, through its own zero-initialised output projection.
 
 A fresh BoostHub, or ``phi = 0``, therefore reproduces the frozen prior exactly (adapters start
-as the identity, as diffusers' IP-Adapter and ControlNet do). ``phi`` is a plain float that can be
-changed at inference (the fidelity knob). Which stream is the target is decided by the caller's
-stacking order: restoration mode puts the HQ stream first, degradation mode the LQ stream.
+as the identity, as diffusers' IP-Adapter and ControlNet do). ``phi`` (the fidelity knob) is
+given per call through the attention kwargs (``UNet(..., cross_attention_kwargs={"phi": phi})``),
+so concurrent callers with different values never touch shared state; the processor's own
+``phi`` (the trained weight) is the default when a call gives none. Which stream is the target
+is decided by the caller's stacking order: restoration mode puts the HQ stream first,
+degradation mode the LQ stream.
 """
 
 from __future__ import annotations
@@ -57,16 +60,19 @@ class BoostHubProcessor(nn.Module):
         return self.to_out(attn.merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
     def forward(self, attn: Attention, hidden_states: torch.Tensor,
-                context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """(2B, T, C) stacked [target; condition] -> (2B, T, C)."""
+                context: torch.Tensor | None = None, *, phi: float | None = None,
+                **kwargs) -> torch.Tensor:
+        """(2B, T, C) stacked [target; condition] -> (2B, T, C); ``phi`` for this call only
+        (default: the processor's own)."""
         if hidden_states.shape[0] % 2:
             raise ConfigError("BoostHub expects [target; condition] stacked on the batch axis "
                               f"(an even batch), got {hidden_states.shape[0]}")
+        phi = self.phi if phi is None else float(phi)
         out = self._plain(attn, hidden_states)  # (2B, T, C): the frozen prior's self-attention
-        if self.phi == 0.0:
+        if phi == 0.0:
             return out
         target, cond = hidden_states.chunk(2)  # (B, T, C) each
-        boosted = out[: target.shape[0]] + self.phi * self.boost(attn, target, cond)
+        boosted = out[: target.shape[0]] + phi * self.boost(attn, target, cond)
         return torch.cat([boosted, out[target.shape[0]:]])
 
 
@@ -84,7 +90,8 @@ def install_boosthubs(unet: nn.Module, *, phi: float = 1.0) -> dict[str, BoostHu
 
 
 def set_phi(unet: nn.Module, phi: float) -> int:
-    """Set ``phi`` on every BoostHub of ``unet``; returns how many were set."""
+    """Set the default ``phi`` of every BoostHub of ``unet`` (not thread-safe: for a per-call
+    value pass ``phi`` in the attention kwargs); returns how many were set."""
     hubs = [m for m in unet.modules() if isinstance(m, BoostHubProcessor)]
     for hub in hubs:
         hub.phi = float(phi)

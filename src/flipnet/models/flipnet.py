@@ -32,7 +32,7 @@ from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.boosthub import install_boosthubs, set_phi
 from flipnet.models.face_embedding import FaceEmbedder, FaceEmbeddingConfig
 from flipnet.models.lora import add_lora, prior_key
-from flipnet.models.prior_types import PriorConfig
+from flipnet.models.prior_types import Prior, PriorConfig
 from flipnet.models.unet import UNet
 from flipnet.weights import load_state_dict, save_state_dict
 
@@ -44,7 +44,10 @@ class FlipNetConfig:
     """Adapters around a prior; saved as a FLIPNET folder's config.json (with the prior's name)."""
 
     prior: str = field(default="prior-64", metadata={
-        "help": "prior folder: a path, or a name looked up beside the FLIPNET folder"})
+        "help": "prior folder or guided-diffusion checkpoint file: a path, or a name looked up "
+                "beside the FLIPNET folder"})
+    prior_flags: dict | None = field(default=None, metadata={
+        "help": "guided-diffusion flags of a checkpoint prior (recorded by build_flipnet)"})
     embedding: FaceEmbeddingConfig = field(default_factory=FaceEmbeddingConfig)
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha (scale alpha / r)"})
@@ -104,7 +107,8 @@ class FlipNet(nn.Module):
             raise WeightsError(f"{where}: FLIPNET UNet has unexpected new tensors, e.g. {new[0]}")
 
     def set_phi(self, phi: float) -> None:
-        """Set the BoostHub weight phi (inference-time fidelity knob)."""
+        """Set the default BoostHub weight phi on the shared modules (not thread-safe; sampling
+        passes ``phi`` per call instead)."""
         set_phi(self.unet, phi)
 
     def context(self, image: torch.Tensor | None, mode: str) -> torch.Tensor | None:
@@ -116,15 +120,24 @@ class FlipNet(nn.Module):
         return self.embedder.encode(image, "lq" if _check_mode(mode) == "restore" else "hq")
 
     def forward(self, x_target_t: torch.Tensor, x_cond_t: torch.Tensor, t: torch.Tensor, *,
-                mode: str, context_image: torch.Tensor | None = None
+                mode: str, context_image: torch.Tensor | None = None,
+                context_tokens: torch.Tensor | None = None, phi: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) x2, t (B,) -> (pred_target, pred_condition), each (B, 3, H, W)."""
+        """(B, 3, H, W) x2, t (B,) -> (pred_target, pred_condition), each (B, 3, H, W).
+
+        ``context_tokens`` (B, S, D): ``context(context_image, mode)`` computed beforehand (a
+        sampler encodes the image once, not at every step); ``phi``: the BoostHub weight for this
+        call only (default: the trained one), no module state is changed."""
         b = x_target_t.shape[0]
         t = torch.as_tensor(t, device=x_target_t.device)
         t = t.expand(b) if t.ndim == 0 else t
-        tokens = self.context(context_image, mode)  # (B, S, D) or None
+        _check_mode(mode)
+        tokens = (context_tokens if context_tokens is not None
+                  else self.context(context_image, mode))  # (B, S, D) or None
         ctx = None if tokens is None else torch.cat([tokens, tokens])  # (2B, S, D)
-        out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t]), ctx)  # (2B, 3, H, W)
+        kwargs = None if phi is None else {"phi": float(phi)}
+        out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t]), ctx,
+                        cross_attention_kwargs=kwargs)  # (2B, 3, H, W)
         return out[:b], out[b:]
 
     def forward_streams(self, xt_hq: torch.Tensor, xt_lq: torch.Tensor, t: torch.Tensor, *,
@@ -148,23 +161,37 @@ class FlipNet(nn.Module):
 
 
 def resolve_prior(folder: Path, name: str) -> Path:
-    """The prior a FLIPNET folder names: a path as given, else a sibling folder of ``folder``."""
+    """The prior a FLIPNET folder names (a folder or a checkpoint file): a path as given, else
+    a sibling of ``folder``."""
     for candidate in (Path(name), folder.parent / name, folder.parent / Path(name).name):
-        if candidate.is_dir():
+        if candidate.exists():
             return candidate
     raise WeightsError(f"{folder}: its prior {name!r} was not found (looked for {name} and "
-                       f"{folder.parent / name}); pass prior=PATH")
+                       f"{folder.parent / name}; moved?); pass prior=PATH")
 
 
-def build_flipnet(cfg: FlipNetConfig, *, prior: str | os.PathLike | None = None,
+def _hostable(p: Prior) -> Prior:
+    if p.config is None:
+        raise WeightsError(f"{p.source}: FLIPNET needs a prior whose architecture is known: a "
+                           "flipnet prior folder or a guided-diffusion checkpoint (not a "
+                           f"{p.kind} prior)")
+    return p
+
+
+def build_flipnet(cfg: FlipNetConfig, *, prior: str | os.PathLike | Prior | None = None,
                   embedder: str | os.PathLike | None = None,
                   device: str | torch.device = "cpu") -> FlipNet:
-    """A fresh FLIPNET on a flipnet prior folder (and a trained embedder folder, if given)."""
+    """A fresh FLIPNET on a prior (a path, default ``cfg.prior``, or a loaded ``Prior``: a
+    flipnet folder or a guided-diffusion checkpoint) and a trained embedder folder, if given.
+
+    On a checkpoint (or a ``Prior`` object) the net's config records where the prior came from
+    (``prior`` = its path; ``prior_flags`` = a checkpoint's flags), so ``load_flipnet`` reopens
+    it."""
     from flipnet.models.prior import load_prior
 
-    p = load_prior(prior or cfg.prior)
-    if p.config is None:
-        raise WeightsError(f"{p.source}: FLIPNET needs a flipnet prior folder (config.json)")
+    p = _hostable(prior if isinstance(prior, Prior) else load_prior(prior or cfg.prior))
+    if isinstance(prior, Prior) or p.kind != "flipnet":
+        cfg = dataclasses.replace(cfg, prior=p.source, prior_flags=p.flags)
     emb_state = None
     if embedder:
         from flipnet.models.face_embedding import load_face_embedder
@@ -195,9 +222,7 @@ def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None =
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{folder}: not a FLIPNET weights folder (no config.json)")
     cfg = load_config(FlipNetConfig, folder / "config.json")
-    p = load_prior(prior or resolve_prior(folder, cfg.prior))
-    if p.config is None:
-        raise WeightsError(f"{p.source}: FLIPNET needs a flipnet prior folder (config.json)")
+    p = _hostable(load_prior(prior or resolve_prior(folder, cfg.prior), flags=cfg.prior_flags))
     net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), where=str(p.source))
     state, own = load_state_dict(folder), net.adapter_state_dict()
     diff = sorted(set(state) ^ set(own))

@@ -49,10 +49,13 @@ class Prior:
 
     model: nn.Module
     schedule: ScheduleConfig
-    config: PriorConfig | None = None  # None for foreign formats without a flipnet config
+    # architecture + schedule: flipnet folders and guided-diffusion checkpoints (derived from
+    # their flags); None for diffusers folders (not our UNet)
+    config: PriorConfig | None = None
     kind: str = "flipnet"  # flipnet | diffusers | guided-diffusion
     image_size: int = 64
     source: str = ""
+    flags: dict | None = None  # guided-diffusion: the flags it was opened with (to reopen it)
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         """Sampler-ready denoiser call (original integer timesteps)."""

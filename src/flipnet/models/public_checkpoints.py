@@ -5,7 +5,9 @@ either guided-diffusion's ``script_util`` names or its ``UNetModel`` argument na
 yaml uses) or by a preset name. Attention resolutions in flags are feature-map sizes in pixels
 (as both codebases' flags are). ``qkv`` is split into ``to_q``/``to_k``/``to_v`` for both head
 orders (``QKVAttentionLegacy``: heads first; ``QKVAttention``: q/k/v first); with
-``learn_sigma`` the network has 6 output channels and only the first 3 (eps) are kept. Files are
+``learn_sigma`` the network has 6 output channels and only the first 3 (eps) are kept. The loaded
+prior carries a full ``PriorConfig`` (architecture and schedule from the flags) and the flags
+themselves, so FLIPNET can be built on it and reopen it later. Files are
 read with ``torch.load(weights_only=True)`` or safetensors: pickled objects are refused.
 diffusers ``UNet2DModel`` folders are opened by diffusers itself (local files only) and wrapped.
 """
@@ -22,7 +24,7 @@ from torch import nn
 
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.attention import AttentionBlock
-from flipnet.models.prior_types import Prior, ScheduleConfig
+from flipnet.models.prior_types import Prior, PriorConfig, ScheduleConfig
 from flipnet.models.unet import UNet, UNetConfig
 from flipnet.weights import load_into, read_checkpoint_file
 
@@ -178,10 +180,12 @@ def load_guided_diffusion(path: str | os.PathLike, *, flags: dict | str | None =
             errors.append(f"{cand if isinstance(cand, str) else 'flags'}: {e}")
             continue
         net: nn.Module = model
-        if extras["rescale_timesteps"]:
+        config = PriorConfig(unet=unet_cfg, schedule=sched)  # what rebuilds it as our UNet
+        if extras["rescale_timesteps"] and sched.num_timesteps != 1000:  # x 1.0 is a no-op
             net = TimestepScaled(model, 1000.0 / sched.num_timesteps)
-        return Prior(net.to(device).eval(), sched, None, "guided-diffusion",
-                     unet_cfg.image_size, str(path))
+            config = None  # a UNet that needs rescaled t is not a plain PriorConfig UNet
+        return Prior(net.to(device).eval(), sched, config, "guided-diffusion",
+                     unet_cfg.image_size, str(path), flags=resolve_flags(cand))
     hint = "" if flags is not None else (f" (no flags given, no {path.with_suffix('.json').name} "
                                          "beside it; pass flags=dict|JSON|preset)")
     raise WeightsError(f"{path}: does not match the guided-diffusion flags{hint}: "

@@ -2,7 +2,9 @@
 
 The sampling itself (both modes, fidelity, seeding per image) is
 ``flipnet.diffusion.flipnet_sampling``; this class loads the weights and restores crops in
-batches, image k of a run seeded with ``seed + k`` whatever the batch size.
+batches, image k of a run seeded with ``seed + k`` whatever the batch size. Fidelity may be given
+per call (``restore(crops, fidelity=0.8)``): it is passed down to the sampler, never stored on
+the shared network, so one instance serves concurrent requests with different fidelities.
 """
 
 from __future__ import annotations
@@ -34,15 +36,24 @@ class FlipNetMethod:
         self.batch_size = batch_size
         self.options = {"fidelity": fidelity, "steps": steps, "seed": seed, "sampler": sampler,
                         "start": start}
-        if not 0.0 <= fidelity <= 1.0:
-            raise ConfigError(f"fidelity must be in [0, 1], got {fidelity}")
+        _check_fidelity(fidelity)
 
     @torch.no_grad()
-    def restore(self, crops: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> restored crops of the same size."""
+    def restore(self, crops: np.ndarray, *, fidelity: float | None = None) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> restored crops of the same size; ``fidelity`` for this call
+        (default: the one given when built)."""
+        options = dict(self.options)
+        if fidelity is not None:
+            options["fidelity"] = _check_fidelity(fidelity)
         out = []
         for i in range(0, len(crops), self.batch_size):
             lq = to_tensor(np.asarray(crops[i:i + self.batch_size])).to(self.device)
             idx = list(range(i, i + len(lq)))
-            out.append(to_uint8(flipnet_restore(self.net, lq, indices=idx, **self.options)))
+            out.append(to_uint8(flipnet_restore(self.net, lq, indices=idx, **options)))
         return np.concatenate(out)
+
+
+def _check_fidelity(fidelity: float) -> float:
+    if not 0.0 <= fidelity <= 1.0:
+        raise ConfigError(f"fidelity must be in [0, 1], got {fidelity}")
+    return float(fidelity)

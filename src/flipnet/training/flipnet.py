@@ -6,9 +6,9 @@ our reading, see docs/FLIPNET.md).
 * Degradation mode must learn *real* degradations, but real LQ faces (LFW people A-H, aligned)
   have no HQ partner. We pair each real LQ face with a pseudo HQ made by a restorer (default the
   fast ``weights/restorer-128``; a FLIPNET folder's restoration mode works too, just slower):
-  ``make_degradation_pairs`` writes ``<pairs_dir>/lq`` (real) and ``<pairs_dir>/target`` (pseudo
-  HQ) once, resumably; training reads them with ``PairFolder``. Target = LQ stream, so the mode
-  learns to map a clean-looking face back to the real LQ it came from.
+  ``training.pairs.restored_pairs`` writes ``<pairs_dir>/lq`` (real) and ``<pairs_dir>/target``
+  (pseudo HQ) once, resumably; training reads them with ``PairFolder``. Target = LQ stream, so
+  the mode learns to map a clean-looking face back to the real LQ it came from.
 
 Each step: one batch per mode; both streams share one t per sample and have their own noise;
 loss = MSE(target stream) + MSE(condition stream) per mode (the schedule's eps or v targets),
@@ -28,25 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
-from flipnet.errors import ConfigError, FlipnetError, ImageReadError
-from flipnet.io import (
-    list_images,
-    load_image,
-    remove_partial_files,
-    save_image,
-    to_tensor,
-    to_uint8,
-)
+from flipnet.errors import ConfigError, FlipnetError
+from flipnet.io import remove_partial_files
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
-from flipnet.splits import in_split
-from flipnet.training.data import resize_square
 from flipnet.training.harness import (
     EMA,
     TrainingRun,
@@ -65,6 +54,7 @@ from flipnet.training.pairs import (
     face_presets,
     fixed_pairs,
     load_faces,
+    restored_pairs,
 )
 from flipnet.viz import save_grid
 
@@ -87,8 +77,8 @@ class FlipNetTrainConfig:
     real_lq_dir: str = field(default="out/prepared/lfw-128", metadata=_h("real LQ aligned faces"))
     pairs_dir: str = field(default="out/flipnet-pairs", metadata=_h("real LQ + pseudo HQ pairs "
                                                                     "(made once if missing)"))
-    pseudo_restorer: str = field(default="weights/restorer-128",
-                                 metadata=_h("restorer folder making the pseudo HQ"))
+    pseudo_restorer: str = field(default="weights/restorer-128", metadata=_h(
+        "restorer or FLIPNET folder making the pseudo HQ"))
     out_dir: str = field(default="out/flipnet-64", metadata=_h("checkpoints, samples, export"))
     flipnet: FlipNetConfig = field(default_factory=FlipNetConfig)
     embedder: str | None = field(default="out/embedder-64/embedder",
@@ -122,41 +112,6 @@ class FlipNetTrainConfig:
     resume: bool = field(default=False, metadata=_h(
         "continue even if settings differ from the saved run (a rerun with the same settings "
         "continues from the newest checkpoint without it)"))
-
-
-@torch.no_grad()
-def make_degradation_pairs(real_lq_dir: str | Path, pairs_dir: str | Path, restorer: str | Path, *,
-                           split: str = "train", size: int = 128, limit: int = 0,
-                           batch_size: int = 32, progress: bool = True) -> int:
-    """Write ``lq/`` (real faces) and ``target/`` (restorer's pseudo HQ) pairs; resumable.
-    Returns the number of pairs in the folder. Unreadable files are skipped with a warning."""
-    import warnings
-
-    from flipnet.models.restorer import load_restorer
-
-    pairs_dir = Path(pairs_dir)
-    files = in_split(list_images(real_lq_dir), split)[: limit or None]
-    if not files:
-        raise FlipnetError(f"{real_lq_dir}: no images in split {split!r}")
-    todo = [f for f in files if not (pairs_dir / "target" / f"{f.stem}.png").is_file()]
-    model, rcfg = load_restorer(restorer) if todo else (None, None)
-    for i in tqdm(range(0, len(todo), batch_size), desc="pseudo HQ pairs", disable=not progress):
-        batch, names = [], []
-        for f in todo[i:i + batch_size]:
-            try:
-                batch.append(resize_square(load_image(f).rgb, size))
-                names.append(f.stem)
-            except ImageReadError as e:
-                warnings.warn(f"skipped {f}: {e.problem}", stacklevel=2)
-        if not batch:
-            continue
-        lq = to_tensor(np.stack(batch))  # (N, 3, size, size)
-        target = to_uint8(model(F.interpolate(lq, size=rcfg.image_size, mode="bicubic",
-                                              align_corners=False).clamp(-1, 1)))
-        for name, a, b in zip(names, batch, target):
-            save_image(pairs_dir / "lq" / f"{name}.png", a)
-            save_image(pairs_dir / "target" / f"{name}.png", b)  # last: marks the pair done
-    return len(list((pairs_dir / "target").glob("*.png")))
 
 
 def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
@@ -210,7 +165,7 @@ def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
 def _init_adapters(net: FlipNet, cfg: FlipNetTrainConfig) -> None:
     """Start from a trained FLIPNET folder (same FlipNetConfig but for where the prior is)."""
     start = load_flipnet(cfg.init_from, prior=cfg.flipnet.prior)
-    if dataclasses.replace(start.config, prior=cfg.flipnet.prior) != cfg.flipnet:
+    if dataclasses.replace(start.config, prior=net.config.prior) != net.config:
         raise ConfigError(f"{cfg.init_from}: its FlipNetConfig differs from this run's flipnet "
                           "settings")
     net.load_state_dict(start.adapter_state_dict(), strict=False)
@@ -221,8 +176,8 @@ def _prepare_pairs(cfg: FlipNetTrainConfig) -> None:
     simply made again)."""
     for sub in ("lq", "target"):
         remove_partial_files(Path(cfg.pairs_dir) / sub)
-    make_degradation_pairs(cfg.real_lq_dir, cfg.pairs_dir, cfg.pseudo_restorer, split=cfg.split,
-                           limit=cfg.max_images)
+    restored_pairs(cfg.real_lq_dir, cfg.pairs_dir, cfg.pseudo_restorer, split=cfg.split,
+                   limit=cfg.max_images, seed=cfg.seed)
 
 
 def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
@@ -263,8 +218,11 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     net, opt, loader_r, loader_d = accelerator.prepare(net, opt, loaders[0][0], loaders[1][0])
     trainable = [p for p in net.parameters() if p.requires_grad]
     ema = _ema_of_trainable(accelerator.unwrap_model(net), cfg.ema_decay)
-    # before the RNG states are restored: building a net draws from the global RNG
+    # before the RNG states are restored: building a net draws from the global RNG. Then every
+    # tensor is copied from the training net (prior, embedder encoders: exactly those of
+    # init_from when fine-tuning), so the EMA (trainable tensors only) completes it
     sample_net = build_flipnet(cfg.flipnet, embedder=embedder, device=device).eval()
+    sample_net.load_state_dict(accelerator.unwrap_model(net).state_dict())
     run.resume_or_start(ema)
     batches_r = run.batches(loader_r, loaders[0][1])
     batches_d = run.batches(loader_d, loaders[1][1])

@@ -8,6 +8,8 @@
   DifFace), so the net is never asked to invent colours.
 * ``PairFolder``: ``<pairs_dir>/lq/*`` and ``<pairs_dir>/target/*`` matched by file name (without
   extension), e.g. real LQ faces and their pseudo targets for fine-tuning.
+* ``restored_pairs`` writes such a folder from real LQ faces and a restorer's output (a fast
+  restorer folder or a FLIPNET folder in restoration mode), for FLIPNET training and fine-tuning.
 
 Both are indexed by the ``(index, flip, seed)`` keys of ``PairSampler`` and return
 ``(lq, hq)``, two float (3, size, size) tensors in [-1, 1].
@@ -35,7 +37,7 @@ from flipnet.degradations.noise import draw_bernoulli, make_generator
 from flipnet.degradations.pipeline import DegradationConfig, apply_params, sample_params
 from flipnet.degradations.presets import get_preset, preset_for_size
 from flipnet.errors import FlipnetError, ImageReadError
-from flipnet.io import list_images, load_image, to_tensor
+from flipnet.io import list_images, load_image, save_image, to_tensor, to_uint8
 from flipnet.splits import in_split
 from flipnet.training.data import ShuffleFlipSampler, resize_square
 
@@ -168,3 +170,63 @@ def fixed_pairs(dataset: Dataset, count: int, *, seed: int) -> tuple[torch.Tenso
     """The first ``count`` pairs, unflipped, seeds ``seed + i``: (lq, hq), each (count, 3, S, S)."""
     items = [dataset[(i, False, seed + i)] for i in range(min(count, len(dataset)))]
     return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+
+
+def _pseudo_hq_fn(restorer: str | os.PathLike, *, steps: int, seed: int, device: str):
+    """``(lq (N, 3, S, S), indices) -> pseudo HQ (N, 3, S, S)`` for a restorer folder or a
+    FLIPNET folder (restoration mode, image k seeded ``seed + index_k``)."""
+    import torch.nn.functional as F
+
+    from flipnet.config import folder_config_class
+
+    if folder_config_class(restorer) == "FlipNetConfig":
+        from flipnet.diffusion.flipnet_sampling import flipnet_restore
+        from flipnet.models.flipnet import load_flipnet
+
+        net = load_flipnet(restorer, device=device)
+        return lambda lq, indices: flipnet_restore(net, lq.to(device), steps=steps, seed=seed,
+                                                   indices=indices).cpu()
+    from flipnet.models.restorer import load_restorer
+
+    model, rcfg = load_restorer(restorer, device=device)
+
+    def run(lq: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        x = F.interpolate(lq, size=rcfg.image_size, mode="bicubic", align_corners=False)
+        return model(x.clamp(-1, 1).to(device)).cpu()
+
+    return run
+
+
+@torch.no_grad()
+def restored_pairs(real_lq_dir: str | os.PathLike, pairs_dir: str | os.PathLike,
+                   restorer: str | os.PathLike, *, split: str = "train", size: int = 128,
+                   limit: int = 0, batch_size: int = 32, steps: int = 25, seed: int = 0,
+                   device: str = "cpu", progress: bool = True) -> int:
+    """Write ``lq/`` (the real faces) and ``target/`` (a restorer's pseudo HQ) pairs; resumable
+    (done pairs are skipped). ``restorer``: a restorer folder or a FLIPNET folder (sampled with
+    ``steps`` DDIM steps, face k of the split seeded ``seed + k``). Returns the number of pairs
+    in the folder; unreadable files are skipped with a warning."""
+    pairs_dir = Path(pairs_dir)
+    files = in_split(list_images(real_lq_dir), split)[: limit or None]
+    if not files:
+        raise FlipnetError(f"{real_lq_dir}: no images in split {split!r}")
+    todo = [(k, f) for k, f in enumerate(files)
+            if not (pairs_dir / "target" / f"{f.stem}.png").is_file()]
+    restore = _pseudo_hq_fn(restorer, steps=steps, seed=seed, device=device) if todo else None
+    for i in tqdm(range(0, len(todo), batch_size), desc="pseudo HQ pairs", disable=not progress):
+        batch, names, indices = [], [], []
+        for k, f in todo[i:i + batch_size]:
+            try:
+                batch.append(resize_square(load_image(f).rgb, size))
+            except ImageReadError as e:
+                warnings.warn(f"skipped {f}: {e.problem}", stacklevel=2)
+                continue
+            names.append(f.stem)
+            indices.append(k)
+        if not batch:
+            continue
+        target = to_uint8(restore(to_tensor(np.stack(batch)), indices))  # (N, size, size, 3)
+        for name, a, b in zip(names, batch, target):
+            save_image(pairs_dir / "lq" / f"{name}.png", a)
+            save_image(pairs_dir / "target" / f"{name}.png", b)  # last: marks the pair done
+    return len(list((pairs_dir / "target").glob("*.png")))
