@@ -1,146 +1,170 @@
-"""Public checkpoint loading: guided-diffusion state dicts (checked against an independent reference
-forward written from guided-diffusion's code) and diffusers UNet2DModel folders."""
+"""Public checkpoint loading: guided-diffusion / DifFace state dicts, checked against their real
+layout (``tests/gd_layout.py``, written from guided-diffusion's and DifFace's ``UNetModel``), and
+diffusers UNet2DModel folders."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
+from gd_layout import GDConfig, guided_layout, random_state, reference_forward
 
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import WeightsError
 from flipnet.models.prior import load_prior
-from flipnet.models.public_checkpoints import PRESETS, configs_from_flags
+from flipnet.models.public_checkpoints import PRESETS, configs_from_flags, convert_guided_state
 from flipnet.models.unet import UNet
+from flipnet.weights import load_into
 
+# script_util flag names (as guided-diffusion's command lines give them)
 FLAGS = {"image_size": 16, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
          "attention_resolutions": "8", "num_head_channels": 32, "learn_sigma": True,
          "diffusion_steps": 1000, "noise_schedule": "linear", "use_scale_shift_norm": True}
+FLAGS_GD = GDConfig(image_size=16, num_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(8,), num_head_channels=32, use_scale_shift_norm=True,
+                    learn_sigma=True)
+
+# DifFace configs/sample/iddpm_ffhq512_swinir.yaml (and configs/training/diffusion_ffhq512.yaml),
+# `model.params` as written there (DifFace's UNetModel argument names), transcribed by hand
+DIFFACE_MODEL_PARAMS = {
+    "image_size": 512, "in_channels": 3, "model_channels": 32, "out_channels": 6,
+    "attention_resolutions": [32, 16, 8], "dropout": 0, "channel_mult": [1, 2, 4, 8, 8, 16, 16],
+    "num_res_blocks": [1, 2, 2, 2, 2, 3, 4], "conv_resample": True, "dims": 2, "use_fp16": False,
+    "num_head_channels": 64, "use_scale_shift_norm": True, "resblock_updown": False,
+    "use_new_attention_order": False}
+DIFFACE_GD = GDConfig(image_size=512, num_channels=32, channel_mult=(1, 2, 4, 8, 8, 16, 16),
+                      num_res_blocks=(1, 2, 2, 2, 2, 3, 4), attention_resolutions=(32, 16, 8),
+                      num_head_channels=64, use_scale_shift_norm=True, learn_sigma=True)
+# guided-diffusion README: 256x256_diffusion_uncond.pt (ImageNet, unconditional)
+OPENAI_256_FLAGS = {"attention_resolutions": "32,16,8", "class_cond": False,
+                    "diffusion_steps": 1000, "image_size": 256, "learn_sigma": True,
+                    "noise_schedule": "linear", "num_channels": 256, "num_head_channels": 64,
+                    "num_res_blocks": 2, "resblock_updown": True, "use_fp16": True,
+                    "use_scale_shift_norm": True}
+OPENAI_256_GD = GDConfig(image_size=256, num_channels=256, num_res_blocks=2,
+                         attention_resolutions=(32, 16, 8), num_heads=4, num_head_channels=64,
+                         use_scale_shift_norm=True, resblock_updown=True, learn_sigma=True)
 
 
-# ---- reference: guided-diffusion's UNetModel forward, written directly on its state-dict keys
+def guided_state_dict(cfg: GDConfig = FLAGS_GD, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors in guided-diffusion's own layout (from gd_layout, not from flipnet)."""
+    return random_state(cfg, seed=seed)
 
 
-def ref_timestep_embedding(t, dim):
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+def expect_layout_maps_exactly(flags: dict, cfg: GDConfig) -> None:
+    """On ``meta`` tensors: the real layout converts to exactly flipnet's keys and shapes."""
+    unet_cfg, _, extras = configs_from_flags(flags)
+    with torch.device("meta"):
+        model = UNet(unet_cfg)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    converted = convert_guided_state(random_state(cfg, device="meta"), model,
+                                     new_attention_order=extras["new_attention_order"])
+    got = {k: tuple(v.shape) for k, v in converted.items()}
+    assert sorted(set(got) - set(own)) == [], "keys in the file that flipnet would not use"
+    assert sorted(set(own) - set(got)) == [], "flipnet parameters the file would not fill"
+    assert {k: s for k, s in got.items() if own[k] != s} == {}
+    load_into(model, converted, "meta")  # flipnet's own strict check agrees
 
 
-def ref_resblock(sd, p, x, emb):
-    h = F.conv2d(F.silu(F.group_norm(x, 32, sd[f"{p}.in_layers.0.weight"],
-                                     sd[f"{p}.in_layers.0.bias"])),
-                 sd[f"{p}.in_layers.2.weight"], sd[f"{p}.in_layers.2.bias"], padding=1)
-    e = F.linear(F.silu(emb), sd[f"{p}.emb_layers.1.weight"], sd[f"{p}.emb_layers.1.bias"])
-    scale, shift = e[:, :, None, None].chunk(2, dim=1)
-    h = F.group_norm(h, 32, sd[f"{p}.out_layers.0.weight"], sd[f"{p}.out_layers.0.bias"])
-    h = F.conv2d(F.silu(h * (1 + scale) + shift), sd[f"{p}.out_layers.3.weight"],
-                 sd[f"{p}.out_layers.3.bias"], padding=1)
-    skip = x if f"{p}.skip_connection.weight" not in sd else F.conv2d(
-        x, sd[f"{p}.skip_connection.weight"], sd[f"{p}.skip_connection.bias"])
-    return skip + h
+def test_difface_ffhq512_real_layout_maps_onto_flipnet():
+    """DifFace's FFHQ-512 prior (iddpm_ffhq512_ema500000.pth): 630 tensors, 159.8M values, every
+    one used by flipnet and every flipnet parameter filled (out.2 keeps 3 of its 6 channels)."""
+    layout = guided_layout(DIFFACE_GD)
+    assert len(layout) == 630
+    assert sum(math.prod(s) for _, s in layout) == 159_788_454
+    shapes = dict(layout)  # spot checks against the module tree read in unet.py
+    assert shapes["input_blocks.0.0.weight"] == (32, 3, 3, 3)
+    assert shapes["time_embed.0.weight"] == (128, 32)
+    assert shapes["input_blocks.3.0.skip_connection.weight"] == (64, 32, 1, 1)
+    assert "input_blocks.4.0.skip_connection.weight" not in shapes  # 64 -> 64: Identity
+    assert shapes["input_blocks.3.0.emb_layers.1.weight"] == (128, 128)  # 2C: scale-shift
+    assert shapes["input_blocks.2.0.op.weight"] == (32, 32, 3, 3)  # conv Downsample
+    assert shapes["input_blocks.12.1.qkv.weight"] == (768, 256, 1)  # 32 px level, 4 heads
+    assert shapes["middle_block.1.proj_out.weight"] == (512, 512, 1)
+    assert shapes["output_blocks.4.2.conv.weight"] == (512, 512, 3, 3)  # Upsample
+    assert shapes["output_blocks.0.0.in_layers.0.weight"] == (1024,)  # 512 + skip 512
+    assert shapes["out.2.weight"] == (6, 32, 3, 3)
+    assert sum(k.endswith(".qkv.weight") for k in shapes) == 22
+    # flipnet's preset is that yaml (architecture + its diffusion section)
+    assert {k: PRESETS["difface-ffhq512"][k] for k in DIFFACE_MODEL_PARAMS
+            if k not in ("dims", "use_fp16")} == {
+        k: v for k, v in DIFFACE_MODEL_PARAMS.items() if k not in ("dims", "use_fp16")}
+    expect_layout_maps_exactly(PRESETS["difface-ffhq512"], DIFFACE_GD)
+    expect_layout_maps_exactly(DIFFACE_MODEL_PARAMS, DIFFACE_GD)  # the yaml's model section
 
 
-def ref_attention(sd, p, x, heads, new_order):
-    b, c, hh, ww = x.shape
-    x = x.reshape(b, c, -1)
-    qkv = F.conv1d(F.group_norm(x, 32, sd[f"{p}.norm.weight"], sd[f"{p}.norm.bias"]),
-                   sd[f"{p}.qkv.weight"], sd[f"{p}.qkv.bias"])
-    bs, width, length = qkv.shape
-    ch = width // (3 * heads)
-    scale = 1 / math.sqrt(math.sqrt(ch))
-    if new_order:  # QKVAttention
-        q, k, v = qkv.chunk(3, dim=1)
-        q, k, v = (z.reshape(bs * heads, ch, length) for z in (q, k, v))
-    else:  # QKVAttentionLegacy
-        q, k, v = qkv.reshape(bs * heads, ch * 3, length).split(ch, dim=1)
-    w = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
-    a = torch.einsum("bts,bcs->bct", w, v).reshape(bs, -1, length)
-    h = F.conv1d(a, sd[f"{p}.proj_out.weight"], sd[f"{p}.proj_out.bias"])
-    return (x + h).reshape(b, c, hh, ww)
+@pytest.mark.parametrize("flags,cfg", [
+    (OPENAI_256_FLAGS, OPENAI_256_GD),  # resblock up/down
+    # DifFace configs/sample/difface_inpainting_lama256.yaml (iddpm_ffhq256_ema750000.pth)
+    ({**DIFFACE_MODEL_PARAMS, "image_size": 256, "model_channels": 128,
+      "attention_resolutions": [16, 8], "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2},
+     GDConfig(image_size=256, num_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),
+              num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=64,
+              use_scale_shift_norm=True, learn_sigma=True)),
+    ({**OPENAI_256_FLAGS, "resblock_updown": False, "use_scale_shift_norm": False,
+      "learn_sigma": False, "num_head_channels": -1, "image_size": 512},
+     replace(OPENAI_256_GD, image_size=512, resblock_updown=False, use_scale_shift_norm=False,
+             learn_sigma=False, num_head_channels=-1)),  # 512 default mult has 0.5
+    ({"image_size": 64, "num_channels": 64, "attention_resolutions": "16,8", "num_heads": 4},
+     GDConfig(image_size=64, num_channels=64, num_res_blocks=2, attention_resolutions=(16, 8),
+              num_heads=4, use_scale_shift_norm=True)),  # script_util defaults otherwise
+    # UNetModel argument names with its defaults (no use_scale_shift_norm given -> False)
+    ({"image_size": 32, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
+      "attention_resolutions": [16]},
+     GDConfig(image_size=32, num_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+              attention_resolutions=(16,))),
+], ids=["openai-256-uncond", "difface-ffhq256", "512-default-mult", "script-defaults", "unetmodel-defaults"])
+def test_real_layouts_map_onto_flipnet(flags, cfg):
+    expect_layout_maps_exactly(flags, cfg)
 
 
-def ref_sequential(sd, prefix, h, emb, new_order):
-    j = 0
-    while any(k.startswith(f"{prefix}.{j}.") for k in sd):
-        p = f"{prefix}.{j}"
-        if f"{p}.weight" in sd:
-            h = F.conv2d(h, sd[f"{p}.weight"], sd[f"{p}.bias"], padding=1)
-        elif f"{p}.in_layers.0.weight" in sd:
-            h = ref_resblock(sd, p, h, emb)
-        elif f"{p}.qkv.weight" in sd:
-            h = ref_attention(sd, p, h, h.shape[1] // 32, new_order)
-        elif f"{p}.op.weight" in sd:
-            h = F.conv2d(h, sd[f"{p}.op.weight"], sd[f"{p}.op.bias"], stride=2, padding=1)
-        elif f"{p}.conv.weight" in sd:
-            h = F.conv2d(F.interpolate(h, scale_factor=2, mode="nearest"),
-                         sd[f"{p}.conv.weight"], sd[f"{p}.conv.bias"], padding=1)
-        j += 1
-    return h
+# A DifFace-FFHQ-512-shaped network small enough to run: the same 7 levels and per-level block
+# counts, widths changing at the same levels, attention on the 3 deepest levels (4, 2, 1 px of a
+# 64 px input instead of 32, 16, 8 of 512), 32-channel heads so every attention block has 4-5.
+SMALL_DIFFACE = {**DIFFACE_MODEL_PARAMS, "image_size": 64, "channel_mult": [1, 2, 3, 4, 4, 5, 5],
+                 "attention_resolutions": [4, 2, 1], "num_head_channels": 32}
+SMALL_DIFFACE_GD = replace(DIFFACE_GD, image_size=64, channel_mult=(1, 2, 3, 4, 4, 5, 5),
+                           attention_resolutions=(4, 2, 1), num_head_channels=32)
+# resblock up/down, no scale-shift, num_heads (not per-head width), no learned sigma
+SMALL_UPDOWN = {"image_size": 32, "num_channels": 32, "channel_mult": "1,1,2,2",
+                "num_res_blocks": 1, "attention_resolutions": "16,8", "num_heads": 2,
+                "resblock_updown": True, "use_scale_shift_norm": False, "learn_sigma": False}
+SMALL_UPDOWN_GD = GDConfig(image_size=32, num_channels=32, channel_mult=(1, 1, 2, 2),
+                           num_res_blocks=1, attention_resolutions=(16, 8), num_heads=2,
+                           resblock_updown=True)
 
 
-def ref_forward(sd, x, t, new_order):
-    emb = ref_timestep_embedding(t, 32)
-    emb = F.linear(F.silu(F.linear(emb, sd["time_embed.0.weight"], sd["time_embed.0.bias"])),
-                   sd["time_embed.2.weight"], sd["time_embed.2.bias"])
-    n_in = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("input_blocks."))
-    n_out = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("output_blocks."))
-    hs, h = [], x
-    for i in range(n_in):
-        h = ref_sequential(sd, f"input_blocks.{i}", h, emb, new_order)
-        hs.append(h)
-    h = ref_sequential(sd, "middle_block", h, emb, new_order)
-    for i in range(n_out):
-        h = ref_sequential(sd, f"output_blocks.{i}", torch.cat([h, hs.pop()], 1), emb, new_order)
-    h = F.silu(F.group_norm(h, 32, sd["out.0.weight"], sd["out.0.bias"]))
-    return F.conv2d(h, sd["out.2.weight"], sd["out.2.bias"], padding=1)
-
-
-def guided_state_dict(flags, seed=0):
-    """Random tensors in guided-diffusion's key layout (qkv/proj_out conv1d, 6 output channels)."""
-    unet_cfg, _, _ = configs_from_flags(flags)
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in UNet(unet_cfg).state_dict().items():
-        shape = tuple(v.shape)
-        for ours, theirs in (("attn1.to_q", "qkv"), ("attn1.to_out", "proj_out")):
-            if ours in k:
-                k = k.replace(ours, theirs)
-                shape = ((3 * shape[0],) if theirs == "qkv" else (shape[0],)) + shape[1:]
-                shape = shape + (1,) if len(shape) == 2 else shape
-        if "attn1.to_k" in k or "attn1.to_v" in k:
-            continue
-        if k.startswith("out.2."):
-            shape = (6,) + shape[1:]
-        sd[k] = torch.randn(shape, generator=g) * 0.2
-    return sd
-
-
-@pytest.mark.parametrize("new_order", [False, True])
-def test_guided_diffusion_checkpoint_matches_reference_forward(tmp_path, new_order):
-    flags = {**FLAGS, "use_new_attention_order": new_order}
-    sd = guided_state_dict(flags)
+@pytest.mark.parametrize("flags,cfg,new_order", [
+    (FLAGS, FLAGS_GD, False), (FLAGS, FLAGS_GD, True),
+    (SMALL_DIFFACE, SMALL_DIFFACE_GD, False),
+    (SMALL_UPDOWN, SMALL_UPDOWN_GD, False), (SMALL_UPDOWN, SMALL_UPDOWN_GD, True),
+], ids=["tiny-legacy", "tiny-new-order", "difface-shaped", "updown-legacy", "updown-new-order"])
+def test_guided_diffusion_checkpoint_matches_reference_forward(tmp_path, flags, cfg, new_order):
+    """A file in the real layout loads strictly and the prior equals guided-diffusion's forward."""
+    flags = {**flags, "use_new_attention_order": new_order}
+    sd = guided_state_dict(cfg)
     torch.save(sd, tmp_path / "model.pt")
     prior = load_prior(tmp_path / "model.pt", flags=flags)
     assert prior.kind == "guided-diffusion" and prior.schedule.prediction == "eps"
-    assert prior.image_size == 16
+    size = cfg.image_size
+    assert prior.image_size == size
     g = torch.Generator().manual_seed(1)
-    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 777])
-    expected = ref_forward(sd, x, t, new_order)[:, :3]  # learn_sigma: first 3 = eps
-    got = prior.model(x, t)
-    assert got.shape == (2, 3, 16, 16)
-    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
-    # the other head order gives a different network: the order really matters here
-    wrong = ref_forward(sd, x, t, not new_order)[:, :3]
+    x, t = torch.randn(2, 3, size, size, generator=g), torch.tensor([3, 777])
+    with torch.no_grad():
+        expected = reference_forward(sd, cfg, x, t, new_order=new_order)[:, :3]  # eps
+        got = prior.model(x, t)
+        # the other head order gives a different network: the order really matters here
+        wrong = reference_forward(sd, cfg, x, t, new_order=not new_order)[:, :3]
+    assert got.shape == (2, 3, size, size)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
     assert not torch.allclose(got, wrong, atol=1e-3)
 
 
 def test_guided_flags_sidecar_json_and_mismatch_errors(tmp_path):
-    sd = guided_state_dict(FLAGS)
+    sd = guided_state_dict(FLAGS_GD)
     torch.save(sd, tmp_path / "prior.pth")
     (tmp_path / "prior.json").write_text(json.dumps(FLAGS))
     prior = load_prior(tmp_path / "prior.pth")
@@ -204,7 +228,7 @@ def test_flipnet_on_a_guided_diffusion_checkpoint(tmp_path):
     from flipnet.models.face_embedding import FaceEmbeddingConfig
     from flipnet.models.flipnet import FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
 
-    torch.save(guided_state_dict(FLAGS), tmp_path / "model.pt")
+    torch.save(guided_state_dict(FLAGS_GD), tmp_path / "model.pt")
     prior = load_prior(tmp_path / "model.pt", flags=FLAGS)  # no sidecar: flags given here
     unet_cfg, sched, _ = configs_from_flags(FLAGS)
     assert prior.config is not None and prior.config.unet == unet_cfg

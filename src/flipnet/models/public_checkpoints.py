@@ -85,16 +85,19 @@ def configs_from_flags(flags: dict) -> tuple[UNetConfig, ScheduleConfig, dict]:
     if not mult:
         raise ConfigError(f"no default channel_mult for image_size {size}; give channel_mult")
     res_blocks = _ints(f.get("num_res_blocks", 2))
+    # ``model_channels`` marks UNetModel's own argument names (DifFace's yaml), whose defaults
+    # differ from script_util's flags: num_heads 1 (not 4), use_scale_shift_norm False (not True)
+    unet_args = "model_channels" in f
     unet = UNetConfig(
         image_size=size, in_channels=in_ch, out_channels=in_ch,
         model_channels=int(f.get("model_channels", f.get("num_channels", 128))),
         channel_mult=mult, num_res_blocks=res_blocks[0] if len(res_blocks) == 1 else res_blocks,
         attention_resolutions=_ints(f.get("attention_resolutions", "16,8")),
-        num_heads=int(f.get("num_heads", 1 if "model_channels" in f else 4)),
+        num_heads=int(f.get("num_heads", 1 if unet_args else 4)),
         num_head_channels=int(f.get("num_head_channels", -1)),
         num_heads_upsample=int(f.get("num_heads_upsample", -1)),
         dropout=float(f.get("dropout", 0.0)),
-        use_scale_shift_norm=bool(f.get("use_scale_shift_norm", True)),
+        use_scale_shift_norm=bool(f.get("use_scale_shift_norm", not unet_args)),
         resblock_updown=bool(f.get("resblock_updown", False)),
         conv_resample=bool(f.get("conv_resample", True)), norm_groups=32)
     schedule = ScheduleConfig(
