@@ -81,7 +81,7 @@ def test_fresh_flipnet_equals_frozen_prior_exactly():
 
 
 def test_phi_zero_equals_prior_even_with_trained_boosthub():
-    prior, net = _prior(), _net(use_embedding=False, use_lora=False)
+    prior, net = _prior(), _net(use_embedding=False, use_lora=False, mode_embedding=False)
     _randomise_adapters(net)
     x, c, t = _inputs()
     with torch.no_grad():
@@ -128,6 +128,8 @@ def test_boosthub_reads_only_the_condition_half():
 def test_only_adapters_require_grad():
     net = _net()
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert "mode_embedding.weight" in trainable
+    trainable.discard("mode_embedding.weight")
     assert trainable and all(n.startswith("unet.") for n in trainable)  # embedder frozen
     assert not any(n[len("unet."):] in net.frozen_keys for n in trainable)
     assert all(("lora_" in n or ".processor." in n or ".attn2." in n or ".norm_cross." in n)
@@ -137,7 +139,7 @@ def test_only_adapters_require_grad():
         for k in kinds:
             kinds[k] += k in n
     assert all(kinds.values())
-    ablated = _net(use_lora=False, use_boosthub=False, use_embedding=False)
+    ablated = _net(use_lora=False, use_boosthub=False, use_embedding=False, mode_embedding=False)
     assert not ablated.trainable_parameters()
     frozen_checksum(net)  # raises when a prior tensor is trainable
 
@@ -296,6 +298,7 @@ def train_setup(tmp_path_factory) -> tuple[Path, FlipNetTrainConfig]:
         data_dir=str(root / "hq"), split="all", real_lq_dir=str(root / "real_lq"),
         pairs_dir=str(root / "pairs"), pseudo_restorer=str(root / "restorer"),
         out_dir=str(root / "straight"), embedder=str(root / "embedder"), presets=("gfpgan",),
+        crop_size=32,
         flipnet=FlipNetConfig(prior=str(root / "prior"), embedding=TINY_EMB, lora_rank=2,
                               lora_alpha=2.0),
         batch_size=2, lr=1e-3, warmup_steps=1, steps=4, save_every=2, sample_every=2,

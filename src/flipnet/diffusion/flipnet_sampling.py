@@ -5,7 +5,8 @@ at every sampler step it is diffused to the current t with one fixed noise draw 
 (``q_sample(known, t, noise)``), so the condition stream is what it was in training. The target
 stream is sampled with any of ``flipnet.diffusion.samplers`` (ddim, dpmpp_2m, ddpm); the model
 closure returns the target stream's prediction. Work happens at the prior's resolution; inputs
-are resized to it and results back. Image k of a run draws all its noise from
+are shrunk to it by ``degradations.model_lq.to_model_size`` (as the training LQ was made, so a
+synthetic LQ crop reaches the network exactly as in training) and results resized back. Image k of a run draws all its noise from
 ``Generator(seed + index_k)``, so a batch gives each image what a single run gives.
 
 Fidelity (restoration): ``phi = trained phi x 2 x fidelity`` (0.5 = the trained weight,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flipnet.degradations.model_lq import to_model_size
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import SAMPLERS, randn_like
 from flipnet.diffusion.schedules import make_schedule
@@ -30,6 +32,7 @@ from flipnet.errors import ConfigError
 
 
 def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Back from the model size to the input's (H, W)."""
     if tuple(x.shape[-2:]) == tuple(hw):
         return x
     return F.interpolate(x, size=tuple(hw), mode="bicubic", antialias=True,
@@ -50,7 +53,8 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
     schedule = make_schedule(net.prior_config.schedule)
     size, (h, w) = net.prior_config.unet.image_size, known.shape[-2:]
     device = next(net.parameters()).device
-    cond = _resize(known.float(), (size, size)).to(device)  # (N, 3, S, S)
+    # the model-size input, shrunk as training's LQ was (``degradations.model_lq``)
+    cond = to_model_size(known.float(), size).to(device)  # (N, 3, S, S)
     indices = list(range(len(cond))) if indices is None else indices
     gens = [torch.Generator().manual_seed(seed + i) for i in indices]
     cond_noise = randn_like(cond, gens)  # fixed for the whole run

@@ -7,19 +7,24 @@ strict on every key of the prior. Around it sit the trainable adapters:
 
 * BoostHub on every self-attention (``flipnet.models.boosthub``), scaled by ``phi``;
 * LoRA on every ``attn1``/``attn2`` projection (``flipnet.models.lora``);
+* the mode embedding (``FlipNetConfig.mode_embedding``): one vector per mode, zero at first;
 * the face embedder's HQ and LQ encoders (``flipnet.models.face_embedding``, trained in stages
   I/II beforehand and frozen here).
 
 Both noisy images go through the UNet stacked on the batch axis ``[target; condition]``; each
 stream predicts its own schedule target (eps or v). ``mode`` only decides which stream is the
 target: restoration mode = HQ stream is the target, LQ stream and LQ tokens the condition;
-degradation mode = the order flipped (LQ target; HQ stream and HQ tokens the condition). With a
-fresh FLIPNET (or ``phi = 0`` and no embedding) each stream gets exactly the prior's prediction.
+degradation mode = the order flipped (LQ target; HQ stream and HQ tokens the condition). A learned
+mode embedding (``mode_embedding``, one zero-initialised vector per mode) is added to the target
+stream's time embedding, so the mode is known even without the face embedding (the two modes
+then get identical inputs and opposite targets). With a fresh FLIPNET (or ``phi = 0``, no face
+embedding and a zero mode embedding) each stream gets exactly the prior's prediction.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +60,9 @@ class FlipNetConfig:
     use_boosthub: bool = field(default=True, metadata={"help": "ablation: BoostHub on"})
     use_embedding: bool = field(default=True, metadata={"help": "ablation: face embedding on"})
     use_lora: bool = field(default=True, metadata={"help": "ablation: LoRA on"})
+    mode_embedding: bool = field(default=True, metadata={
+        "help": "learned per-mode vector added to the target stream's time embedding (folders "
+                "saved before it existed load with false)"})
 
 
 def _check_mode(mode: str) -> str:
@@ -92,6 +100,11 @@ class FlipNet(nn.Module):
                 enc = {k: v for k, v in embedder_state.items() if "_encoder." in k}
                 self.embedder.load_state_dict(enc, strict=True)
             self.embedder.requires_grad_(False)
+        self.mode_embedding = None
+        if cfg.mode_embedding:  # zero: a fresh FLIPNET is still the prior; row i = MODES[i]
+            emb_dim = 4 * prior_cfg.unet.model_channels  # the UNet's time-embedding width
+            self.mode_embedding = nn.Embedding(len(MODES), emb_dim)
+            nn.init.zeros_(self.mode_embedding.weight)
 
     def _load_prior(self, state: dict, prior_keys: set[str], where: str) -> None:
         """Strict on the prior's keys; only the new cross-attention layers may be missing."""
@@ -136,8 +149,12 @@ class FlipNet(nn.Module):
                   else self.context(context_image, mode))  # (B, S, D) or None
         ctx = None if tokens is None else torch.cat([tokens, tokens])  # (2B, S, D)
         kwargs = None if phi is None else {"phi": float(phi)}
+        offset = None
+        if self.mode_embedding is not None:  # the mode, for the target stream only
+            vec = self.mode_embedding.weight[MODES.index(mode)]  # (E,)
+            offset = torch.cat([vec.expand(b, -1), torch.zeros_like(vec).expand(b, -1)])  # (2B, E)
         out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t]), ctx,
-                        cross_attention_kwargs=kwargs)  # (2B, 3, H, W)
+                        cross_attention_kwargs=kwargs, emb_offset=offset)  # (2B, 3, H, W)
         return out[:b], out[b:]
 
     def forward_streams(self, xt_hq: torch.Tensor, xt_lq: torch.Tensor, t: torch.Tensor, *,
@@ -151,7 +168,8 @@ class FlipNet(nn.Module):
         return pred_hq, pred_lq
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything FLIPNET adds to the prior (adapters, BoostHubs, attn2, embedder encoders)."""
+        """Everything FLIPNET adds to the prior (adapters, BoostHubs, attn2, mode embedding,
+        embedder encoders)."""
         return {k: v for k, v in self.state_dict().items()
                 if not (k.startswith("unet.") and k[len("unet."):] in self.frozen_keys)}
 
@@ -213,6 +231,16 @@ def save_flipnet(folder: str | os.PathLike, net: FlipNet) -> Path:
     return folder
 
 
+def load_flipnet_config(folder: str | os.PathLike) -> FlipNetConfig:
+    """A FLIPNET folder's config.json; a folder saved before the mode embedding existed (no
+    ``mode_embedding`` key) has none (``mode_embedding = False``), so it loads as it was."""
+    path = Path(folder) / "config.json"
+    cfg = load_config(FlipNetConfig, path)
+    if "mode_embedding" not in json.loads(path.read_text()):
+        cfg = dataclasses.replace(cfg, mode_embedding=False)
+    return cfg
+
+
 def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu") -> FlipNet:
     """Open a FLIPNET folder on its prior; WeightsError naming the folder on any mismatch."""
@@ -221,7 +249,7 @@ def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None =
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{folder}: not a FLIPNET weights folder (no config.json)")
-    cfg = load_config(FlipNetConfig, folder / "config.json")
+    cfg = load_flipnet_config(folder)
     p = _hostable(load_prior(prior or resolve_prior(folder, cfg.prior), flags=cfg.prior_flags))
     net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), where=str(p.source))
     state, own = load_state_dict(folder), net.adapter_state_dict()

@@ -292,12 +292,16 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | None = None,
-                *, cross_attention_kwargs: dict | None = None) -> torch.Tensor:
-        """Predict the schedule's target (eps or v) from x_t (B, C, H, W) and timesteps t (B,)."""
+                *, cross_attention_kwargs: dict | None = None,
+                emb_offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the schedule's target (eps or v) from x_t (B, C, H, W) and timesteps t (B,);
+        ``emb_offset`` (B, 4 x model_channels) is added to the time embedding (FLIPNET's mode)."""
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        if emb_offset is not None:
+            emb = emb + emb_offset.to(emb.dtype)  # (B, E)
         skips = []
         h = x
         for block in self.input_blocks:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flipnet.degradations.model_lq import CROP_SIZE
 from flipnet.device import resolve_device
 from flipnet.diffusion.flipnet_sampling import flipnet_restore
 from flipnet.errors import ConfigError
@@ -32,7 +33,7 @@ class FlipNetMethod:
                  start: float = 1.0, prior: str | None = None):
         self.device = resolve_device(device)
         self.net = load_flipnet(folder, prior=prior, device=self.device)
-        self.size = 128
+        self.size = CROP_SIZE  # shrunk to the prior's size as in training (model_lq)
         self.batch_size = batch_size
         self.options = {"fidelity": fidelity, "steps": steps, "seed": seed, "sampler": sampler,
                         "start": start}

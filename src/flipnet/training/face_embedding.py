@@ -1,8 +1,9 @@
 """Train FLIPNET's face embedder: stage I (reconstruction), then stage II (LQ -> HQ token alignment).
 
-Data: HQ faces of the UTKFace train split (``flipnet.splits``), each degraded on the fly with a
-preset chosen by its seed (``training.pairs.SyntheticPairs``), so every step sees (lq, hq) pairs
-of the same faces. Steps 1..``stage1_steps`` minimise ``reconstruction_loss`` (both pairs); the
+Data: HQ faces of the UTKFace train split (``flipnet.splits``) at the crop size, each degraded on
+the fly with a preset chosen by its seed and shrunk to the model size (``ModelLQPairs``, the LQ
+of ``degradations.model_lq``: the LQ FLIPNET sees at inference; FLIPNET's restoration mode trains
+on the same pairs), so every step sees (lq, hq) pairs of the same faces. Steps 1..``stage1_steps`` minimise ``reconstruction_loss`` (both pairs); the
 next ``stage2_steps`` minimise ``alignment_loss`` (InfoNCE between LQ-encoder tokens and frozen
 HQ-encoder tokens; only the LQ encoder receives gradients). Accelerate (forward passes through
 the DDP-wrapped ``EmbedderObjective``), EMA, sample grids and the fault tolerance follow
@@ -13,14 +14,22 @@ never leaves half a checkpoint or export. The EMA embedder is exported to ``<out
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from flipnet.degradations.color import to_gray
+from flipnet.degradations.model_lq import CROP_SIZE, model_lq, to_model_size
+from flipnet.degradations.presets import get_preset
 from flipnet.errors import FlipnetError
+from flipnet.io import to_tensor
 from flipnet.models.face_embedding import (
     FaceEmbedder,
     FaceEmbeddingConfig,
@@ -36,13 +45,7 @@ from flipnet.training.harness import (
     make_loader,
     run_from_argv,
 )
-from flipnet.training.pairs import (
-    PairSampler,
-    SyntheticPairs,
-    face_presets,
-    fixed_pairs,
-    load_faces,
-)
+from flipnet.training.pairs import PairSampler, fixed_pairs, load_faces
 from flipnet.viz import save_grid
 
 # settings that may change between a run and its continuation without changing the result
@@ -65,6 +68,8 @@ class EmbedderTrainConfig:
     embedding: FaceEmbeddingConfig = field(default_factory=FaceEmbeddingConfig)
     presets: tuple[str, ...] = field(default=("gfpgan", "codeformer", "difface"),
                                      metadata=_h("degradation presets mixed per sample"))
+    crop_size: int = field(default=CROP_SIZE, metadata=_h(
+        "LQ is made at this crop size, then shrunk to image_size (as at inference)"))
     max_images: int = field(default=0, metadata=_h("use at most N HQ faces; 0 = all"))
     batch_size: int = field(default=32, metadata=_h("pairs per step (stage II negatives)"))
     lr: float = field(default=3e-4, metadata=_h("AdamW learning rate"))
@@ -85,6 +90,43 @@ class EmbedderTrainConfig:
     resume: bool = field(default=False, metadata=_h(
         "continue even if settings differ from the saved run (a rerun with the same settings "
         "continues from the newest checkpoint without it)"))
+
+
+class ModelLQPairs(Dataset):
+    """HQ crops in memory -> (lq, hq) at the model size for FLIPNET and its embedder: the LQ by
+    ``degradations.model_lq`` with preset ``seed % len(presets)``, the HQ shrunk the same way
+    (and grayed when the LQ is gray, as ``training.pairs.SyntheticPairs``)."""
+
+    def __init__(self, pixels: np.ndarray, presets: Sequence[str], *, model_size: int):
+        self.pixels, self.model_size = pixels, model_size  # (N, S, S, 3) uint8 crops
+        self.presets = list(presets)
+        for name in self.presets:
+            get_preset(name)  # ConfigError naming the presets for a wrong name
+        if not self.presets:
+            raise FlipnetError("at least one degradation preset is needed")
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, flip, seed)`` -> (lq, hq), each (3, model_size, model_size) in [-1, 1]."""
+        index, flip, seed = key
+        rgb = self.pixels[index]
+        hq = to_tensor(np.ascontiguousarray(rgb[:, ::-1] if flip else rgb))  # (1, 3, S, S)
+        lq, params = model_lq(hq, self.presets[seed % len(self.presets)],
+                              model_size=self.model_size, seed=[seed])
+        if params[0]["color"] is not None and params[0]["color"]["gray"]:
+            hq = to_gray((hq + 1) / 2) * 2 - 1
+        return lq[0], to_model_size(hq, self.model_size)[0]
+
+
+def model_lq_pairs(data_dir: str | os.PathLike, presets: Sequence[str], *, model_size: int,
+                   crop_size: int = CROP_SIZE, split: str | None = "train",
+                   limit: int | None = None, progress: bool = True) -> ModelLQPairs:
+    """The synthetic (lq, hq) pairs FLIPNET's restoration mode and its embedder train on: the
+    faces of ``data_dir`` read at ``crop_size``, LQ made there and shrunk to ``model_size``."""
+    _, pixels = load_faces(data_dir, crop_size, split=split, limit=limit, progress=progress)
+    return ModelLQPairs(pixels, presets, model_size=model_size)
 
 
 def embedder_step_loss(embedder: FaceEmbedder, hq: torch.Tensor, lq: torch.Tensor,
@@ -118,9 +160,8 @@ def train_face_embedding(cfg: EmbedderTrainConfig) -> Path:
     accelerator, device = run.accelerator, run.device
     # data, model, EMA, optimizer
     size = cfg.embedding.image_size
-    _, pixels = load_faces(cfg.data_dir, size, split=cfg.split, limit=cfg.max_images or None,
-                           progress=run.main)
-    dataset = SyntheticPairs(pixels, face_presets(cfg.presets, size))
+    dataset = model_lq_pairs(cfg.data_dir, cfg.presets, model_size=size, crop_size=cfg.crop_size,
+                             split=cfg.split, limit=cfg.max_images or None, progress=run.main)
     if len(dataset) < max(2, cfg.batch_size):
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} faces, fewer than one batch "
                            f"({max(2, cfg.batch_size)})")
@@ -172,7 +213,8 @@ def _model_card(cfg: EmbedderTrainConfig, progress: TrainProgress, n_faces: int,
     e = cfg.embedding
     return (f"# FLIPNET face embedder ({e.image_size} px, {e.tokens} tokens x {e.dim})\n\n"
             f"- data: `{cfg.data_dir}` split {cfg.split} ({n_faces} faces), LQ from presets "
-            f"{', '.join(cfg.presets)}\n- stage I {cfg.stage1_steps} steps (L1 reconstruction), "
+            f"{', '.join(cfg.presets)} (made at {cfg.crop_size} px, shrunk)\n"
+            f"- stage I {cfg.stage1_steps} steps (L1 reconstruction), "
             f"stage II {cfg.stage2_steps} steps (InfoNCE, temperature {e.temperature}); done "
             f"{progress.step}\n- wall time: {progress.wall_seconds / 60:.1f} min on "
             f"{hardware_name(accelerator)}\n- final loss: {progress.last_loss:.4f}\n"

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flipnet.config import folder_config_class, load_config
+from flipnet.config import folder_config_class
 from flipnet.errors import FlipnetError
 from flipnet.weights import resolve_weights
 
@@ -79,10 +79,10 @@ def finetune_on_pairs(cfg: FinetuneConfig, pairs: str | Path) -> Path:
 def _finetune_flipnet(cfg: FinetuneConfig, folder: Path, pseudo: Path) -> Path:
     """FLIPNET as the restorer: its own diffusion loss on the pseudo pairs in both modes
     (restore: LQ -> pseudo target; degrade: pseudo target -> real LQ), from its adapters."""
-    from flipnet.models.flipnet import FlipNetConfig, resolve_prior
+    from flipnet.models.flipnet import load_flipnet_config, resolve_prior
     from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
 
-    fcfg = load_config(FlipNetConfig, folder / "config.json")
+    fcfg = load_flipnet_config(folder)  # an old folder: no mode embedding, as it was trained
     fcfg = dataclasses.replace(fcfg, prior=str(_portable(resolve_prior(folder, fcfg.prior))))
     return train_flipnet(FlipNetTrainConfig(
         split="all", real_lq_dir=str(pseudo / "lq"), pairs_dir=str(pseudo),

@@ -2,7 +2,9 @@
 our reading, see docs/FLIPNET.md).
 
 * Restoration mode: HQ faces of the UTKFace train split, LQ made on the fly by the naive pipeline
-  (a mix of presets, ``training.pairs.SyntheticPairs``). Target = HQ stream.
+  (a mix of presets) at the crop size and shrunk to the prior's size, exactly as the sampler
+  shrinks an LQ crop at inference (``training.face_embedding.ModelLQPairs``, the embedder's
+  pairs too; ``degradations.model_lq``). Target = HQ stream.
 * Degradation mode must learn *real* degradations, but real LQ faces (LFW people A-H, aligned)
   have no HQ partner. We pair each real LQ face with a pseudo HQ made by a restorer (default the
   fast ``weights/restorer-128``; a FLIPNET folder's restoration mode works too, just slower):
@@ -31,11 +33,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from flipnet.degradations.model_lq import CROP_SIZE
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import remove_partial_files
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
+from flipnet.training.face_embedding import model_lq_pairs
 from flipnet.training.harness import (
     EMA,
     TrainingRun,
@@ -47,15 +51,7 @@ from flipnet.training.harness import (
     set_lr,
     warmup_lr,
 )
-from flipnet.training.pairs import (
-    PairFolder,
-    PairSampler,
-    SyntheticPairs,
-    face_presets,
-    fixed_pairs,
-    load_faces,
-    restored_pairs,
-)
+from flipnet.training.pairs import PairFolder, PairSampler, fixed_pairs, restored_pairs
 from flipnet.viz import save_grid
 
 # settings that may change between a run and its continuation without changing the result
@@ -90,6 +86,8 @@ class FlipNetTrainConfig:
         "(fine-tuning on pseudo targets)"))
     presets: tuple[str, ...] = field(default=("gfpgan", "codeformer", "difface"),
                                      metadata=_h("naive presets mixed in restore mode"))
+    crop_size: int = field(default=CROP_SIZE, metadata=_h(
+        "restore-mode LQ is made at this crop size, then shrunk to the prior's (as at inference)"))
     max_images: int = field(default=0, metadata=_h("use at most N faces per mode; 0 = all"))
     batch_size: int = field(default=16, metadata=_h("pairs per mode per step"))
     lr: float = field(default=1e-4, metadata=_h("AdamW learning rate after warmup"))
@@ -199,9 +197,9 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         restore_data, restore_where = (PairFolder(cfg.restore_pairs_dir, size, progress=run.main),
                                        cfg.restore_pairs_dir)
     else:
-        _, pixels = load_faces(cfg.data_dir, size, split=cfg.split,
-                               limit=cfg.max_images or None, progress=run.main)
-        restore_data = SyntheticPairs(pixels, face_presets(cfg.presets, size))
+        restore_data = model_lq_pairs(cfg.data_dir, cfg.presets, model_size=size,
+                                      crop_size=cfg.crop_size, split=cfg.split,
+                                      limit=cfg.max_images or None, progress=run.main)
         restore_where = cfg.data_dir
     degrade_data = PairFolder(cfg.pairs_dir, size, progress=run.main)
     loaders = []
@@ -271,7 +269,8 @@ def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int
     f = cfg.flipnet
     restore = (f"`{cfg.restore_pairs_dir}` ({n_restore} (LQ, target) pairs)"
                if cfg.restore_pairs_dir else f"`{cfg.data_dir}` ({n_restore} HQ faces, split "
-               f"{cfg.split}), LQ by presets {', '.join(cfg.presets)}")
+               f"{cfg.split}), LQ by presets {', '.join(cfg.presets)} made at "
+               f"{cfg.crop_size} px, shrunk")
     start = f"\n- started from `{cfg.init_from}`" if cfg.init_from else ""
     return (f"# FLIPNET adapters on `{f.prior}`\n\n"
             f"- restore mode: {restore}{start}\n- degrade mode: {n_degrade} real LQ faces of "
