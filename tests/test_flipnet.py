@@ -15,47 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_flipnet import TINY_EMB, TINY_PRIOR, one_thread, tiny_prior  # noqa: F401 (fixture)
 
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError, WeightsError
 from flipnet.models.boosthub import BoostHubProcessor
-from flipnet.models.face_embedding import FaceEmbeddingConfig
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, load_flipnet, save_flipnet
 from flipnet.models.prior import save_prior
-from flipnet.models.prior_types import PriorConfig, ScheduleConfig
-from flipnet.models.unet import UNet, UNetConfig
 from flipnet.pipelines.flipnet_method import FlipNetMethod
 from flipnet.training.flipnet import FlipNetTrainConfig, frozen_checksum, mode_loss, train_flipnet
-
-TINY_PRIOR = PriorConfig(
-    unet=UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                    attention_resolutions=(8,), num_heads=2, norm_groups=8),
-    schedule=ScheduleConfig(num_timesteps=100, beta_schedule="cosine", prediction="v"))
-TINY_EMB = FaceEmbeddingConfig(image_size=16, channels=(8, 16), tokens=4, dim=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are slower with many threads on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _prior() -> UNet:
-    torch.manual_seed(1)
-    prior = UNet(TINY_PRIOR.unet)
-    with torch.no_grad():  # a prior whose zero-initialised outputs are not zero
-        for p in prior.parameters():
-            p.normal_(0, 0.05)
-    return prior
 
 
 def _net(**kw) -> FlipNet:
     cfg = FlipNetConfig(embedding=TINY_EMB, lora_rank=2, **kw)
-    return FlipNet(cfg, TINY_PRIOR, prior_state=_prior().state_dict())
+    return FlipNet(cfg, TINY_PRIOR, prior_state=tiny_prior().state_dict())
 
 
 def _randomise_adapters(net: FlipNet) -> None:
@@ -72,7 +46,7 @@ def _inputs(b=2):
 
 
 def test_fresh_flipnet_equals_frozen_prior_exactly():
-    prior, net = _prior(), _net()
+    prior, net = tiny_prior(), _net()
     x, c, t = _inputs()
     with torch.no_grad():
         expected = prior(torch.cat([x, c]), torch.cat([t, t]))
@@ -81,7 +55,7 @@ def test_fresh_flipnet_equals_frozen_prior_exactly():
 
 
 def test_phi_zero_equals_prior_even_with_trained_boosthub():
-    prior, net = _prior(), _net(use_embedding=False, use_lora=False, mode_embedding=False)
+    prior, net = tiny_prior(), _net(use_embedding=False, use_lora=False, mode_embedding=False)
     _randomise_adapters(net)
     x, c, t = _inputs()
     with torch.no_grad():
@@ -168,7 +142,7 @@ def test_training_step_lowers_loss_on_fixed_batch():
 
 @pytest.fixture()
 def flipnet_folder(tmp_path):
-    prior = _prior()
+    prior = tiny_prior()
     with torch.no_grad():  # the prior is stored in fp16 too
         for p in prior.parameters():
             p.copy_(p.half().float())
@@ -283,7 +257,7 @@ def train_setup(tmp_path_factory) -> tuple[Path, FlipNetTrainConfig]:
     from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 
     root = tmp_path_factory.mktemp("flipnet-train")
-    save_prior(root / "prior", _prior(), TINY_PRIOR)
+    save_prior(root / "prior", tiny_prior(), TINY_PRIOR)
     torch.manual_seed(2)
     save_face_embedder(root / "embedder", FaceEmbedder(TINY_EMB))
     tiny_restorer = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
@@ -377,6 +351,7 @@ import hashlib, sys
 from pathlib import Path
 import flipnet.training.flipnet as T
 from flipnet.config import load_config
+
 save = T.save_checkpoint
 def spy(accelerator, root, step, **kw):  # each process notes its adapters at each checkpoint
     net = accelerator.unwrap_model(accelerator._models[0])

@@ -10,38 +10,14 @@ import threading
 import numpy as np
 import pytest
 import torch
+from tiny_flipnet import TINY_EMB, TINY_PRIOR, one_thread, tiny_prior  # noqa: F401 (fixture)
 
 from flipnet.diffusion.flipnet_sampling import flipnet_restore, sample_flipnet
 from flipnet.io import save_image
-from flipnet.models.face_embedding import FaceEmbeddingConfig
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, save_flipnet
 from flipnet.models.prior import save_prior
-from flipnet.models.prior_types import PriorConfig, ScheduleConfig
-from flipnet.models.unet import UNet, UNetConfig
+from flipnet.models.unet import UNet
 from flipnet.weights import load_state_dict
-
-TINY_PRIOR = PriorConfig(
-    unet=UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                    attention_resolutions=(8,), num_heads=2, norm_groups=8),
-    schedule=ScheduleConfig(num_timesteps=100, beta_schedule="cosine", prediction="v"))
-TINY_EMB = FaceEmbeddingConfig(image_size=16, channels=(8, 16), tokens=4, dim=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _prior() -> UNet:
-    torch.manual_seed(1)
-    prior = UNet(TINY_PRIOR.unet)
-    with torch.no_grad():
-        for p in prior.parameters():
-            p.copy_((torch.randn_like(p) * 0.05).half().float())  # fp16-exact, as stored
-    return prior
 
 
 def _fp16_exact(net: torch.nn.Module) -> None:
@@ -71,7 +47,7 @@ def setup(tmp_path_factory):
     from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 
     root = tmp_path_factory.mktemp("flipnet-defects")
-    prior = _prior()
+    prior = tiny_prior(fp16_exact=True)
     save_prior(root / "prior", prior, TINY_PRIOR)
     net = _trained_net("prior", prior)
     save_flipnet(root / "flipnet", net)

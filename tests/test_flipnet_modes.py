@@ -10,32 +10,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_flipnet import TINY_EMB, TINY_PRIOR, one_thread, tiny_prior  # noqa: F401 (fixture)
 from torch import nn
 
 from flipnet.diffusion.flipnet_sampling import flipnet_restore
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.io import save_image, to_tensor, to_uint8
-from flipnet.models.face_embedding import FaceEmbeddingConfig
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, load_flipnet, save_flipnet
 from flipnet.models.prior import save_prior
-from flipnet.models.prior_types import PriorConfig, ScheduleConfig
-from flipnet.models.unet import UNet, UNetConfig
 from flipnet.training.flipnet import mode_loss
-
-TINY_PRIOR = PriorConfig(
-    unet=UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                    attention_resolutions=(8,), num_heads=2, norm_groups=8),
-    schedule=ScheduleConfig(num_timesteps=100, beta_schedule="cosine", prediction="v"))
-TINY_EMB = FaceEmbeddingConfig(image_size=16, channels=(8, 16), tokens=4, dim=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --- defect 2: one LQ for training and inference --------------------------------------------
 
@@ -97,18 +80,11 @@ def test_model_lq_batch_equals_single():
 
 # --- defect 4: the mode embedding -----------------------------------------------------------
 
-def _prior() -> UNet:
-    torch.manual_seed(1)
-    prior = UNet(TINY_PRIOR.unet)
-    with torch.no_grad():
-        for p in prior.parameters():
-            p.normal_(0, 0.05)
-    return prior
 
 
 def _net(**kw) -> FlipNet:
     cfg = FlipNetConfig(embedding=TINY_EMB, lora_rank=2, **kw)
-    return FlipNet(cfg, TINY_PRIOR, prior_state=_prior().state_dict())
+    return FlipNet(cfg, TINY_PRIOR, prior_state=tiny_prior().state_dict())
 
 
 def _inputs(b=2):
@@ -139,7 +115,7 @@ def test_modes_differ_without_face_embedding():
 
 @pytest.mark.parametrize("mode", ["restore", "degrade"])
 def test_fresh_flipnet_with_mode_embedding_equals_prior(mode):
-    prior, net = _prior(), _net(mode_embedding=True)
+    prior, net = tiny_prior(), _net(mode_embedding=True)
     assert net.mode_embedding is not None
     x, c, t = _inputs()
     with torch.no_grad():
@@ -157,7 +133,7 @@ def test_mode_embedding_is_trainable_and_exported():
 
 
 def test_mode_embedding_save_load_round_trip(tmp_path):
-    prior = _prior()
+    prior = tiny_prior()
     with torch.no_grad():
         for p in prior.parameters():
             p.copy_(p.half().float())
@@ -180,7 +156,7 @@ def test_mode_embedding_save_load_round_trip(tmp_path):
 def test_old_folder_without_the_key_loads_without_mode_embedding(tmp_path):
     """A folder written before the mode embedding (no ``mode_embedding`` in config.json) loads
     as it was: no mode embedding, same outputs."""
-    prior = _prior()
+    prior = tiny_prior()
     with torch.no_grad():
         for p in prior.parameters():
             p.copy_(p.half().float())
