@@ -25,7 +25,7 @@ from flipnet.faces.align import align_face
 from flipnet.faces.detect import detect_faces
 from flipnet.io import to_tensor, to_uint8
 from flipnet.metrics.psnr_ssim import psnr
-from flipnet.pipelines.methods import make_method
+from flipnet.pipelines.methods import make_method_from_spec
 from flipnet.viz import save_grid
 
 SMALL_FACE_PX = (16, 24, 32, 48, 64)
@@ -57,12 +57,6 @@ def degraded_rows(hq: np.ndarray, presets: list[str], n: int) -> list[tuple[str,
     return rows
 
 
-def build_method(spec: str):
-    """A method from a ``NAME`` or ``NAME@WEIGHTS`` spec (as ``flipnet bench`` reads them)."""
-    base, _, weights = spec.partition("@")
-    return make_method(base, weights or None, device="cpu")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Write the grid PNG and print each cell's PSNR against the ground truth."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = degraded_rows(hq, args.presets.split(","), args.n)
     specs = args.methods.split(",")
     lq = np.stack([r[1] for r in rows])
-    outputs = [build_method(s).restore(lq) for s in specs]
+    outputs = [make_method_from_spec(s).restore(lq) for s in specs]
     cells, table = [], []
     for i, (label, lq_i) in enumerate(rows):
         row = [lq_i, *(out[i] for out in outputs), hq]

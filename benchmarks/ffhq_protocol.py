@@ -127,7 +127,7 @@ def score(pred: list[np.ndarray], gt: list[np.ndarray], gc: list[np.ndarray], em
 def main() -> None:
     """Build the sets, restore with each method in both modes, score, write JSON + Markdown."""
     from flipnet.faces.identity import IdentityEmbedder
-    from flipnet.pipelines.methods import make_method
+    from flipnet.pipelines.methods import make_method_from_spec
     from flipnet.pipelines.restore import restore_photo
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -150,8 +150,7 @@ def main() -> None:
                "detection": {s: detection(sets[s] if s != "sharp" else gt) for s in SETS},
                "methods": {}}
     for spec in [m for m in args.methods.split(",") if m]:
-        base, _, weights = spec.partition("@")
-        method = make_method(base, weights or None, device="cpu")
+        method = make_method_from_spec(spec)
         res = results["methods"][spec] = {}
         for s in SETS:
             lq = gt if s == "sharp" else sets[s]

@@ -185,11 +185,9 @@ def embed_all(crops: dict[str, np.ndarray], keys: list[str], desc: str, pool=Non
 def restore_all(spec: str, lq: dict[str, np.ndarray], keys: list[str], *, seed: int,
                 steps: int) -> tuple[dict[str, np.ndarray], float]:
     """Restore every crop with the method ``spec`` (``NAME`` or ``NAME@WEIGHTS``, as in bench)."""
-    from flipnet.pipelines.methods import SAMPLING_METHODS, make_method
+    from flipnet.pipelines.methods import make_method_from_spec
 
-    base, _, weights = spec.partition("@")
-    sampling = {"steps": steps, "seed": seed} if base in SAMPLING_METHODS else {}
-    method = make_method(base, weights or None, device="cpu", **sampling)
+    method = make_method_from_spec(spec, steps=steps, seed=seed)
     if method.size != SIZE:
         raise FlipnetError(f"{spec}: works on {method.size} px crops, this benchmark on {SIZE}")
     out, t0 = {}, time.perf_counter()

@@ -276,7 +276,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
     from rich.progress import Progress
 
     from flipnet.faces.identity import IdentityEmbedder
-    from flipnet.pipelines.methods import SAMPLING_METHODS, available_methods, make_method
+    from flipnet.pipelines.methods import available_methods, make_method_from_spec
 
     t_start = time.perf_counter()
     for folder in [Path(cfg.work), *Path(cfg.work).rglob("*")]:  # what a kill -9 left half-written
@@ -308,11 +308,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> dict:
                 pdir = Path(cfg.work) / "pred" / mname / sname
                 r = _cached(done_dir / f"{sname}.json", key)
                 if r is None:
-                    base, _, weights = mname.partition("@")
-                    sampling = ({"steps": cfg.prior_steps, "seed": cfg.seed}
-                                if base in SAMPLING_METHODS else {})
-                    method = method or make_method(base, weights or None, device="cpu",
-                                                   **sampling)
+                    method = method or make_method_from_spec(mname, steps=cfg.prior_steps,
+                                                             seed=cfg.seed)
                     t0 = time.perf_counter()
                     pred = list(method.restore(np.stack(lq)))
                     sec = time.perf_counter() - t0

@@ -195,6 +195,15 @@ def make_method(name: str, weights: str | None = None, *, device: str = "auto",
     return METHODS[name](weights, device=device, batch_size=batch_size, **sampling)
 
 
+def make_method_from_spec(spec: str, *, device: str = "cpu", steps: int | None = None,
+                          seed: int | None = None):
+    """A method from a benchmark spec, ``NAME`` or ``NAME@WEIGHTS``; ``steps`` and ``seed`` reach
+    only the sampling methods, so one call serves a list of mixed methods."""
+    name, _, weights = spec.partition("@")
+    sampling = {"steps": steps, "seed": seed} if name in SAMPLING_METHODS else {}
+    return make_method(name, weights or None, device=device, **sampling)
+
+
 def available_methods() -> list[str]:
     """Methods whose default weights are present (baselines always are)."""
     out = []
