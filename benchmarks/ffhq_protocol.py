@@ -10,10 +10,12 @@ Each method restores every image twice, as ``flipnet restore`` would:
   * ``photo``: as a whole photo (detect -> align -> restore -> paste); a face the detector
     misses leaves the photo as it is, and counts in the miss rate.
 Detection is ``flipnet restore``'s chain: HOG (+ a 2x pass, then shrunk copies, then CNN; see
-``faces.detect.detect_all_faces``), then the restored pass (``pipelines.restore.detect_restored``).
+``faces.detect.detect_all_faces``), then the learned locator (``weights/face-locator`` when
+present, ``models.face_locator``), then the restored pass (``pipelines.restore.detect_restored``).
 Scores at 512 px: PSNR / SSIM against the ground truth, dlib identity (cosine and angle) and
 landmark distance on the model-template crops of both, NIQE, BRISQUE, FD-lowlevel against
-the ground-truth set. Detection: miss rate and seconds per photo of ``detect_all_faces``.
+the ground-truth set. Detection: miss rate, share found at the right place (eyes within 0.25
+inter-eye distances) and seconds per photo of each chain (``detection``).
 
     python benchmarks/ffhq_protocol.py --n 40 --out out/ffhq-protocol --photo-sets sharp \\
         --methods input,classical,restorer@restorer-128-v1,restorer
@@ -77,15 +79,64 @@ def build_sets(args) -> dict[str, list[np.ndarray]]:
     return sets
 
 
-def detection(images: list[np.ndarray]) -> dict:
-    """Miss rate and seconds per photo of the whole-photo detector on these images."""
-    from flipnet.faces.detect import detect_all_faces
-    from flipnet.pipelines.restore import detect_restored
+CHAINS = {"dlib+restored": ("dlib", "restored"),  # the chain before the locator
+          "dlib+locator": ("dlib", "locator"),
+          "dlib+locator+restored": ("dlib", "locator", "restored")}  # flipnet restore's chain
 
-    t0 = time.perf_counter()
-    found = [bool(detect_all_faces(im) or detect_restored(im)) for im in images]
-    return {"miss_rate": round(1 - float(np.mean(found)), 4),
-            "seconds_per_photo": round((time.perf_counter() - t0) / len(images), 3)}
+
+def detection(images: list[np.ndarray]) -> dict:
+    """Miss rate, right-place rate and seconds per photo of the whole-photo detection chain
+    (``pipelines.photo.detect_photo_faces``) on FFHQ-aligned images, and of each chain of
+    ``CHAINS`` (its stages timed once per photo: the locator and the restored pass each run on
+    every photo dlib misses). *Found*: the chain returns a face; *at the right place*: one face
+    has both eye centres within 0.25 true inter-eye distances of the truth (the FFHQ template,
+    ``faces.template.FFHQ_512``, scaled to the image). Without locator weights its stage finds
+    nothing and ``locator`` is null."""
+    from flipnet.faces.detect import detect_all_faces
+    from flipnet.faces.template import FFHQ_512
+    from flipnet.pipelines.photo import (
+        LOCATOR_WEIGHTS,
+        detect_located,
+        detect_restored,
+        locator_folder,
+    )
+
+    stages = {"dlib": detect_all_faces, "locator": detect_located, "restored": detect_restored}
+    runs = []  # per photo: {stage: (faces, seconds)}
+    for im in images:
+        run = {}
+        for name, fn in stages.items():
+            if name != "dlib" and run["dlib"][0]:
+                break
+            t0 = time.perf_counter()
+            run[name] = (fn(im), time.perf_counter() - t0)
+        runs.append(run)
+
+    def right_place(faces: list, shape: tuple) -> bool:
+        truth = FFHQ_512 * np.array([shape[1] / 512, shape[0] / 512], np.float32)
+        tol = 0.25 * float(np.linalg.norm(truth[1] - truth[0]))
+        return any(np.linalg.norm(f.landmarks5[:2] - truth[:2], axis=1).max() < tol
+                   for f in faces)
+
+    chains = {}
+    for chain, names in CHAINS.items():
+        found, right, seconds = [], [], 0.0
+        for im, run in zip(images, runs):
+            faces = []
+            for name in names:
+                if name in run:
+                    faces, sec = run[name]
+                    seconds += sec
+                    if faces:
+                        break
+            found.append(bool(faces))
+            right.append(right_place(faces, im.shape))
+        chains[chain] = {"miss_rate": round(1 - float(np.mean(found)), 4),
+                         "found_right_place": round(float(np.mean(right)), 4),
+                         "seconds_per_photo": round(seconds / len(images), 3)}
+    folder = locator_folder(LOCATOR_WEIGHTS)
+    return {**chains["dlib+locator+restored"], "locator": str(folder) if folder else None,
+            "chains": chains}
 
 
 def model_crops(images: list[np.ndarray]) -> list[np.ndarray]:
@@ -187,9 +238,13 @@ def render(results: dict) -> str:
     """Markdown tables: one per set, rows (method, mode)."""
     cols = ["psnr", "ssim", "identity_cos", "identity_deg", "lmd", "niqe", "brisque",
             "fd_lowlevel"]
-    lines = ["| set | detector miss rate | s / photo |", "|---|---|---|"]
+    lines = ["| set | detection chain | miss rate | found at the right place | s / photo |",
+             "|---|---|---|---|---|"]
     for s, d in results["detection"].items():
-        lines.append(f"| {s} | {d['miss_rate']:.3f} | {d['seconds_per_photo']:.3f} |")
+        for chain, c in d.get("chains", {"": d}).items():
+            lines.append(f"| {s} | {chain} | {c['miss_rate']:.3f} | "
+                         f"{c.get('found_right_place', float('nan')):.3f} | "
+                         f"{c['seconds_per_photo']:.3f} |")
     for s in SETS:
         lines += ["", f"**{s}** ({results['n']} faces, 512 px FFHQ-aligned)", "",
                   "| method | mode | PSNR↑ | SSIM↑ | ID cos↑ | ID angle°↓ | LMD↓ | NIQE↓ | "

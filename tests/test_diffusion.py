@@ -71,6 +71,26 @@ def test_parameterisations_invert(prediction):
         assert torch.allclose(target, abar.sqrt() * noise - (1 - abar).sqrt() * x0)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weight_equals_clipped_snr_on_x0_error(prediction):
+    """Min-SNR-gamma (Hang et al. 2023): in every parameterisation the weighted loss of an output
+    error equals min(SNR, gamma) times the squared error of the x0 it implies."""
+    s = NoiseSchedule(get_cosine_betas(1000), prediction=prediction)
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(5, 3, 2, 2, generator=g), torch.randn(5, 3, 2, 2, generator=g)
+    delta = 0.1 * torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 50, 300, 700, 990])
+    x0, noise = x0.double(), noise.double()
+    xt = s.q_sample(x0, t, noise)
+    out_error = s.model_output_from(xt, t, x0 + delta) - s.model_output_from(xt, t, x0)
+    weighted = (s.min_snr_weight(t, xt, gamma=5.0) * out_error ** 2).sum(dim=(1, 2, 3))
+    abar = s.alpha_bar(t, xt).flatten()
+    snr = abar / (1 - abar)
+    expected = snr.clamp(max=5.0) * (delta ** 2).sum(dim=(1, 2, 3))
+    assert torch.allclose(weighted, expected, rtol=1e-6)
+    assert snr[0] > 5 > snr[-1]  # both sides of the clip are exercised
+
+
 def test_schedule_config_errors():
     with pytest.raises(ConfigError, match="beta_schedule"):
         ScheduleConfig(beta_schedule="quadratic")

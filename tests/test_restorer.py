@@ -15,6 +15,7 @@ from flipnet.models.restorer import (
     Restorer,
     RestorerConfig,
     count_parameters,
+    deepen_restorer,
     load_restorer,
     save_restorer,
 )
@@ -86,6 +87,25 @@ def test_folder_round_trip_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["_class"] == "RestorerConfig"
+
+
+def test_deepened_restorer_computes_the_same_function_then_trains_its_new_blocks():
+    small = _randomise(Restorer(TINY)).eval()
+    deeper_cfg = dataclasses.replace(TINY, enc_blocks=(1, 3), middle_blocks=2, dec_blocks=(2, 1))
+    deeper = deepen_restorer(small, deeper_cfg).eval()
+    x = _faces(2, 32)
+    with torch.no_grad():
+        assert torch.allclose(deeper(x), small(x), atol=1e-6)
+    assert count_parameters(deeper) > count_parameters(small)
+    new_beta = deeper.encoders[1][2].beta  # an appended block: zero residual scales
+    assert torch.count_nonzero(new_beta) == 0
+    deeper.train()
+    (deeper(x) - x.flip(-1)).abs().mean().backward()
+    assert new_beta.grad is not None and new_beta.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="only block counts"):
+        deepen_restorer(small, dataclasses.replace(deeper_cfg, width=16))
+    with pytest.raises(ConfigError, match="only grow"):
+        deepen_restorer(small, dataclasses.replace(TINY, middle_blocks=0))
 
 
 def test_mismatched_folder_raises_weights_error_naming_it(tmp_path):

@@ -144,3 +144,56 @@ def test_train_config_round_trips_through_json(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     assert load_config(PriorTrainConfig, tmp_path / "c.json") == cfg
     assert all("help" in f.metadata for f in dataclasses.fields(PriorTrainConfig))
+
+
+def _tiny_autoencoder(folder):
+    """A random-init f = 2 autoencoder folder for 16 px faces (latents (4, 8, 8))."""
+    from flipnet.models.autoencoder import AutoencoderConfig, FaceAutoencoder, save_autoencoder
+
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(image_size=16, latent_channels=4, block_out_channels=(8, 8),
+                            layers_per_block=1, mid_blocks=1, norm_num_groups=4,
+                            latent_shift=(0.1, -0.1, 0.0, 0.2), latent_scale=(0.5, 0.5, 1.0, 2.0))
+    return save_autoencoder(folder, FaceAutoencoder(cfg), cfg)
+
+
+def test_latent_prior_trains_on_cached_latents_and_exports_a_pixel_sampler(blobs, tmp_path):
+    from flipnet.models.autoencoder import load_autoencoder
+    from flipnet.training.data import LatentFaces
+
+    ae_folder = _tiny_autoencoder(tmp_path / "ae")
+    latent_unet = dataclasses.replace(TINY_PRIOR.unet, image_size=8, in_channels=4,
+                                      out_channels=4, attention_resolutions=(4,))
+    latent = dataclasses.replace(TINY_PRIOR, unet=latent_unet)
+    with pytest.warns(UserWarning):
+        folder = train_prior(_cfg(blobs, tmp_path / "run", prior=latent, steps=20,
+                                  autoencoder=str(ae_folder), loss_weighting="min_snr",
+                                  sample_every=20, save_every=20))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert "latent UNet" in (folder / "MODEL_CARD.md").read_text()
+    prior = load_prior(folder)
+    assert prior.image_size == 16 and prior.autoencoder is not None
+    faces = sample_prior(prior, n=2, steps=4, batch_size=2, progress=False)
+    assert faces.shape == (2, 16, 16, 3)  # decoded to pixels
+    # the cache holds the autoencoder's latents of both flips and is reused only for that model
+    autoencoder, _ = load_autoencoder(ae_folder)
+    with pytest.warns(UserWarning):
+        faces_ds = FaceFolder(blobs, 16, progress=False)
+    cache = tmp_path / "run" / "latents.safetensors"
+    cached = LatentFaces(faces_ds, autoencoder, cache=cache, progress=False)
+    with torch.no_grad():
+        direct = autoencoder.encode(faces_ds[(3, True)][None])[0]
+    assert torch.allclose(cached[(3, True)], direct, atol=2e-2)  # stored as fp16
+    with torch.no_grad():
+        next(autoencoder.parameters()).add_(0.5)
+    changed = LatentFaces(faces_ds, autoencoder, cache=cache, progress=False)
+    assert not torch.allclose(changed.latents.float(), cached.latents.float())
+
+
+def test_latent_prior_refuses_a_mismatched_autoencoder(blobs, tmp_path):
+    from flipnet.errors import FlipnetError
+
+    ae_folder = _tiny_autoencoder(tmp_path / "ae")
+    with pytest.raises(FlipnetError, match="latent channels"):
+        train_prior(_cfg(blobs, tmp_path / "bad", autoencoder=str(ae_folder)))  # 3-channel UNet

@@ -189,8 +189,13 @@ def test_init_from_starts_at_those_weights_and_checks_the_config(pairs_dir, tmp_
     a = load_file(str(folder / "model-00001.safetensors"))
     b = load_file(str(again / "model-00001.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    deeper = train_restorer(_cfg("unused", tmp_path / "deeper", pairs_dir=str(pairs_dir),
+                                 steps=0, gan_weight=0.0, init_from=str(folder),
+                                 restorer=dataclasses.replace(TINY, middle_blocks=3)))
+    c = load_file(str(deeper / "model-00001.safetensors"))
+    assert set(a) < set(c) and all(torch.equal(a[k], c[k]) for k in a)  # grown from it
     other = dataclasses.replace(TINY, width=16)
-    with pytest.raises(ConfigError, match="differs"):
+    with pytest.raises(ConfigError, match="more than added blocks"):
         train_restorer(_cfg("unused", tmp_path / "ft3", pairs_dir=str(pairs_dir),
                             restorer=other, steps=1, init_from=str(folder)))
 

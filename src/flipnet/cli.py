@@ -341,16 +341,24 @@ def finetune(dry_run, **kwargs) -> None:
 @click.option("--batch-size", default=16, help="Faces per batch.")
 @click.option("--device", default="auto", help="auto | cpu | cuda | mps.")
 @click.option("-o", "--out", default="samples.png", help="Grid PNG to write.")
-def sample(weights, n, steps, sampler, eta, seed, batch_size, device, out) -> None:
-    """Sample faces from the diffusion prior and write a grid PNG."""
+@click.option("--individual", type=click.Path(file_okay=False), default=None,
+              help="Also write each face as DIR/NNNNN.png (NNNNN = sample index).")
+def sample(weights, n, steps, sampler, eta, seed, batch_size, device, out, individual) -> None:
+    """Sample faces from the diffusion prior (pixel or latent) and write a grid PNG."""
     from flipnet.device import resolve_device
-    from flipnet.pipelines.sample import sample_prior
+    from flipnet.pipelines.sample import check_sample_folder, sample_prior, save_samples
     from flipnet.viz import save_grid
     from flipnet.weights import resolve_weights
 
-    images = sample_prior(resolve_weights(weights), n=n, steps=steps, sampler=sampler, eta=eta,
-                          seed=seed, batch_size=batch_size, device=str(resolve_device(device)))
+    folder = resolve_weights(weights)
+    if individual:
+        check_sample_folder(individual, folder)
+    images = sample_prior(folder, n=n, steps=steps, sampler=sampler, eta=eta, seed=seed,
+                          batch_size=batch_size, device=str(resolve_device(device)))
     click.echo(f"wrote {save_grid(out, images)}")
+    if individual:
+        files = save_samples(individual, images, weights=folder)
+        click.echo(f"wrote {len(files)} faces to {individual}")
 
 
 @cli.command()

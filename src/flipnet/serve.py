@@ -104,7 +104,10 @@ def weights_face_size(folder: str | os.PathLike) -> int | None:
         cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
         if "image_size" in cfg:
             return int(cfg["image_size"])
-        if "unet" in cfg:
+        if "unet" in cfg:  # a prior: pixels, or latents times the autoencoder's factor
+            ae = Path(folder) / "autoencoder" / "config.json"
+            if ae.is_file():
+                return int(json.loads(ae.read_text(encoding="utf-8"))["image_size"])
             return int(cfg["unet"]["image_size"])
         if "prior" in cfg:  # FLIPNET samples at its prior's size
             from flipnet.models.flipnet import resolve_prior

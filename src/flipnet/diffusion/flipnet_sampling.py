@@ -1,8 +1,9 @@
 """FLIPNET sampling: restoration mode (LQ -> HQ) and degradation mode (HQ -> realistic LQ).
 
 In either mode the known image (LQ when restoring, HQ when degrading) is the condition stream:
-at every sampler step it is diffused to the current t with one fixed noise draw per image
-(``q_sample(known, t, noise)``), so the condition stream is what it was in training. The target
+at every sampler step it is diffused to the current t (or, with ``config.condition_t``, to that
+fixed step, which the network is told) with one fixed noise draw per image
+(``q_sample(known, t_cond, noise)``), so the condition stream is what it was in training. The target
 stream is sampled with any of ``flipnet.diffusion.samplers`` (ddim, dpmpp_2m, ddpm); the model
 closure returns the target stream's prediction. Work happens at the prior's resolution; inputs
 are shrunk to it by ``degradations.model_lq.to_model_size`` (as the training LQ was made, so a
@@ -10,12 +11,14 @@ synthetic LQ crop reaches the network exactly as in training) and results resize
 ``Generator(seed + index_k)``, so a batch gives each image what a single run gives.
 
 Fidelity (restoration): ``phi = trained phi x 2 x fidelity`` (0.5 = the trained weight,
-0 = BoostHub off), optionally with a start step below pure noise (``start`` < 1 starts from the
-LQ diffused to that fraction of the schedule). ``phi`` is passed with every network call, never
+0 = BoostHub and injections off), optionally with a start step below pure noise (``start`` < 1
+starts from the known image diffused to that fraction of the schedule, DifFace-style; default
+the folder's ``config.start``). ``phi`` is passed with every network call, never
 set on the shared modules, so threads sampling one network with different fidelities do not
 disturb each other. The known image's face tokens are computed once per run, not per step.
 ``net`` is a ``flipnet.models.flipnet.FlipNet`` (duck-typed: ``prior_config``, ``config.phi``,
-``context`` and the two-stream call with ``context_tokens`` and ``phi``). Used by
+``config.condition_t``, ``config.start``, ``context`` and the two-stream call with ``t_cond``,
+``context_tokens`` and ``phi``). Used by
 ``pipelines.flipnet_method`` (the FaceMethod) and ``training.flipnet`` (sample grids).
 """
 
@@ -29,6 +32,7 @@ from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import SAMPLERS, randn_like
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError
+from flipnet.models.flipnet import condition_timesteps
 
 
 def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -41,11 +45,13 @@ def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
-                   sampler: str = "ddim", seed: int = 0, start: float = 1.0,
+                   sampler: str = "ddim", seed: int = 0, start: float | None = None,
                    indices: list[int] | None = None, phi: float | None = None,
                    progress: bool = False) -> torch.Tensor:
     """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1];
-    ``phi``: BoostHub weight for this run (default: the trained one)."""
+    ``phi``: BoostHub weight for this run (default: the trained one); ``start``: default
+    ``net.config.start``."""
+    start = net.config.start if start is None else start
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if not 0.0 < start <= 1.0:
@@ -68,8 +74,9 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
     tokens = net.context(cond, mode)  # (N, S, D) or None: once per image, not per step
 
     def model_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        xc = schedule.q_sample(cond, t, cond_noise)  # the condition stream at the same t
-        return net(xt, xc, t, mode=mode, context_tokens=tokens, phi=phi)[0]
+        t_cond = condition_timesteps(t, net.config.condition_t)  # same t, or the fixed one
+        xc = schedule.q_sample(cond, t_cond, cond_noise)  # the condition stream
+        return net(xt, xc, t, t_cond=t_cond, mode=mode, context_tokens=tokens, phi=phi)[0]
 
     kwargs = {"progress": progress}
     if sampler == "ddpm":

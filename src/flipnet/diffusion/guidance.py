@@ -6,6 +6,13 @@ diffused to the same step (Choi et al. 2021, ILVR eq. 8; Kuai et al. 2025, Sec. 
     x <- x - up(down(x)) + up(down(q_sample(ref, t_next)))
 
 with a down/up factor N. Guidance stops once ``tau`` respaced steps remain; the rest is free.
+
+Latent priors: the same replacement runs on latents, with ``ref`` the reference's latents
+(the pipeline encodes it; these functions only see tensors). A latent pixel covers f x f image
+pixels (f = the autoencoder's factor), so a latent down/up factor k corresponds to an image
+factor k x f; ``latent_factor`` maps an image-space N to k = max(1, round(N / f)). For a
+patch-wise linear autoencoder (pixel unshuffle) the latent low band is the image's low band at
+k x f up to the filters' shape; for a learned (nonlinear) one the correspondence is approximate.
 """
 
 from __future__ import annotations
@@ -48,3 +55,11 @@ def make_lowpass_edit(ref: torch.Tensor, schedule: NoiseSchedule, timesteps: Seq
 def scaled_factor(paper_factor: int, paper_size: int, size: int) -> int:
     """The paper's down/up factor (16 at 512 px) scaled to another resolution, at least 1."""
     return max(1, round(paper_factor * size / paper_size))
+
+
+def latent_factor(image_factor: int, factor: int) -> int:
+    """Latent down/up factor k for an image-space factor N in a latent space ``factor`` (f) times
+    smaller: k = max(1, round(N / f)); latent factor k corresponds to image factor k x f."""
+    if factor < 1:
+        raise ValueError(f"autoencoder factor must be at least 1, got {factor}")
+    return max(1, round(image_factor / factor))

@@ -96,6 +96,21 @@ class NoiseSchedule:
         abar = self.alpha_bar(t, x0)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
+    def min_snr_weight(self, t, like: torch.Tensor, *, gamma: float = 5.0) -> torch.Tensor:
+        """Min-SNR-gamma loss weight for this parameterisation (Hang et al. 2023, eq. 7-9).
+
+        SNR = abar / (1 - abar); the weight on an x0 loss would be min(SNR, gamma), which is
+        min(SNR, gamma) / SNR on an eps loss and min(SNR, gamma) / (SNR + 1) on a v loss.
+        """
+        abar = self.alpha_bar(t, like)
+        snr = abar / (1 - abar).clamp_min(1e-12)
+        clipped = snr.clamp(max=gamma)
+        if self.prediction == "eps":
+            return clipped / snr.clamp_min(1e-12)
+        if self.prediction == "v":
+            return clipped / (snr + 1)
+        return clipped
+
     def training_target(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """What the network regresses for this parameterisation (eps, v or x0)."""
         if self.prediction == "eps":

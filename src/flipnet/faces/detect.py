@@ -28,7 +28,7 @@ class Face:
     box: tuple[float, float, float, float]
     score: float
     landmarks5: np.ndarray  # (5, 2) float32, image coordinates
-    landmarks68: np.ndarray  # (68, 2) float32, image coordinates
+    landmarks68: np.ndarray | None  # (68, 2) float32, image coordinates; None: learned locator
 
     @property
     def area(self) -> float:

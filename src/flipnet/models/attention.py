@@ -5,6 +5,11 @@ The module only owns the projections; *how* attention is computed lives in a pro
 processor is plain scaled-dot-product attention (Vaswani et al. 2017, eq. 1). Adapters such as
 FLIPNET's BoostHub install their own processor with ``UNet.set_attn_processor`` and may keep extra
 modules of their own, while peft LoRA targets the ``to_q``/``to_k``/``to_v``/``to_out`` linears by name.
+
+FLIPNET's frozen condition stream: a call with ``frozen_condition=True`` (passed per call through
+the UNet's ``cross_attention_kwargs``) says the batch is ``[target; condition]`` and the condition
+half must run the plain prior: its attention uses the frozen projections only (a peft LoRA
+wrapper's ``base_layer``, no LoRA delta) and skips the new cross-attention ``attn2``.
 """
 
 from __future__ import annotations
@@ -25,18 +30,52 @@ class AttnProcessorLike(Protocol):
                  context: torch.Tensor | None = None, **kwargs) -> torch.Tensor: ...
 
 
+def base_layer(layer: nn.Module) -> nn.Module:
+    """The frozen linear under a peft LoRA wrapper (``layer.base_layer``), else ``layer`` itself."""
+    return getattr(layer, "base_layer", layer)
+
+
+def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor | None = None, *,
+           plain: bool = False) -> torch.Tensor:
+    """Multi-head attention (B, T, C) [+ context (B, S, D)] -> (B, T, C) over the module's
+    projections; ``plain``: the frozen projections only (no LoRA delta)."""
+    proj = base_layer if plain else (lambda layer: layer)
+    source = context if (attn.is_cross and context is not None) else hidden_states
+    q = attn.split_heads(proj(attn.to_q)(hidden_states))  # (B, H, T, d)
+    k = attn.split_heads(proj(attn.to_k)(source))  # (B, H, S, d)
+    v = attn.split_heads(proj(attn.to_v)(source))  # (B, H, S, d)
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, d)
+    return proj(attn.to_out)(attn.merge_heads(out))  # (B, T, C)
+
+
+def has_lora(attn: Attention) -> bool:
+    """Whether any projection of ``attn`` is wrapped by peft LoRA."""
+    return any(hasattr(getattr(attn, n), "base_layer") for n in ("to_q", "to_k", "to_v", "to_out"))
+
+
 class AttnProcessor:
     """Default processor: multi-head scaled-dot-product attention over the module's projections."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor,
-                 context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """Self-attention when ``context`` is None (or the module is not cross), else cross-attention."""
-        source = context if (attn.is_cross and context is not None) else hidden_states
-        q = attn.split_heads(attn.to_q(hidden_states))  # (B, H, T, d)
-        k = attn.split_heads(attn.to_k(source))  # (B, H, S, d)
-        v = attn.split_heads(attn.to_v(source))  # (B, H, S, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, d)
-        return attn.to_out(attn.merge_heads(out))  # (B, T, C)
+                 context: torch.Tensor | None = None, *, frozen_condition: bool = False,
+                 **kwargs) -> torch.Tensor:
+        """Self-attention when ``context`` is None (or the module is not cross), else
+        cross-attention; ``frozen_condition``: the second half of the batch gets the frozen
+        projections only (computed over the whole batch, exactly as the plain prior does)."""
+        if not (frozen_condition and has_lora(attn)):
+            return attend(attn, hidden_states, context)
+        n = _half(hidden_states)
+        plain = attend(attn, hidden_states, context, plain=True)  # (2B, T, C): the prior's
+        target = attend(attn, hidden_states[:n], None if context is None else context[:n])
+        return torch.cat([target, plain[n:]])
+
+
+def _half(x: torch.Tensor) -> int:
+    """Size of the target half of a stacked ``[target; condition]`` batch."""
+    if x.shape[0] % 2:
+        raise ConfigError("frozen_condition expects [target; condition] stacked on the batch "
+                          f"axis (an even batch), got {x.shape[0]}")
+    return x.shape[0] // 2
 
 
 class Attention(nn.Module):
@@ -95,7 +134,8 @@ class AttentionBlock(nn.Module):
 
     ``attn1`` reproduces guided-diffusion's ``AttentionBlock`` (GroupNorm -> qkv -> proj_out,
     residual). ``attn2`` exists only when ``context_dim`` is set; its output projection starts at
-    zero, so the block equals the unconditional one until trained.
+    zero, so the block equals the unconditional one until trained. With ``frozen_condition``
+    (FLIPNET, per call) ``attn2`` runs on the target half only.
     """
 
     def __init__(self, channels: int, *, heads: int, norm_groups: int = 32,
@@ -107,13 +147,22 @@ class AttentionBlock(nn.Module):
         self.attn2 = (Attention(channels, heads=heads, context_dim=context_dim, zero_out=True)
                       if context_dim else None)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                frozen_condition: bool = False, **kwargs) -> torch.Tensor:
         """(B, C, H, W) [+ context (B, S, D)] -> (B, C, H, W)."""
         b, c, h, w = x.shape
         tokens = x.reshape(b, c, h * w).transpose(1, 2)  # (B, T, C)
         normed = self.norm(x).reshape(b, c, h * w).transpose(1, 2)  # (B, T, C)
-        tokens = tokens + self.attn1(normed, **kwargs)
+        # the flag reaches attn1's processor only when set: other processors never see it
+        frozen = {"frozen_condition": True} if frozen_condition else {}
+        tokens = tokens + self.attn1(normed, **frozen, **kwargs)
         if self.attn2 is not None and context is not None:
-            tokens = tokens + self.attn2(self.norm_cross(tokens), context=context, **kwargs)
+            if frozen_condition:  # the condition half (second) gets no cross-attention
+                n = _half(tokens)
+                cross = self.attn2(self.norm_cross(tokens[:n]), context=context[:n], **kwargs)
+                # adding zero (not concatenating) keeps the prior's memory layout, hence its bits
+                cross = torch.cat([cross, torch.zeros_like(cross)])  # (2B, T, C)
+            else:
+                cross = self.attn2(self.norm_cross(tokens), context=context, **kwargs)
+            tokens = tokens + cross
         return tokens.transpose(1, 2).reshape(b, c, h, w)

@@ -16,6 +16,14 @@ so concurrent callers with different values never touch shared state; the proces
 ``phi`` (the trained weight) is the default when a call gives none. Which stream is the target
 is decided by the caller's stacking order: restoration mode puts the HQ stream first,
 degradation mode the LQ stream.
+
+On ``prior-64`` attention exists only at 16 and 8 px, so BoostHub alone sees the condition at
+16x16 or coarser. ``install_injections`` adds the condition a path where detail lives:
+ControlNet-style zero-initialised convolutions (Zhang et al. 2023, "Adding Conditional Control",
+Sec. 3.1; here from the frozen condition stream's own features, no trainable copy) at chosen
+encoder resolutions. Each is a forward hook on one encoder block of the UNet (the UNet and its
+state-dict keys stay the prior's): ``h[target] += phi x conv(h[condition])``, one way only,
+with the same per-call ``phi`` as BoostHub.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import nn
 
 from flipnet.errors import ConfigError
 from flipnet.models.attention import Attention, AttnProcessor
+from flipnet.models.unet import Downsample, ResBlock, UNet
 
 
 class BoostHubProcessor(nn.Module):
@@ -61,14 +70,15 @@ class BoostHubProcessor(nn.Module):
 
     def forward(self, attn: Attention, hidden_states: torch.Tensor,
                 context: torch.Tensor | None = None, *, phi: float | None = None,
-                **kwargs) -> torch.Tensor:
+                frozen_condition: bool = False, **kwargs) -> torch.Tensor:
         """(2B, T, C) stacked [target; condition] -> (2B, T, C); ``phi`` for this call only
-        (default: the processor's own)."""
+        (default: the processor's own); ``frozen_condition``: the condition half without LoRA."""
         if hidden_states.shape[0] % 2:
             raise ConfigError("BoostHub expects [target; condition] stacked on the batch axis "
                               f"(an even batch), got {hidden_states.shape[0]}")
         phi = self.phi if phi is None else float(phi)
-        out = self._plain(attn, hidden_states)  # (2B, T, C): the frozen prior's self-attention
+        # (2B, T, C): the prior's self-attention (+ LoRA, on the target half only when frozen)
+        out = self._plain(attn, hidden_states, frozen_condition=frozen_condition)
         if phi == 0.0:
             return out
         target, cond = hidden_states.chunk(2)  # (B, T, C) each
@@ -89,10 +99,72 @@ def install_boosthubs(unet: nn.Module, *, phi: float = 1.0) -> dict[str, BoostHu
     return hubs
 
 
-def set_phi(unet: nn.Module, phi: float) -> int:
-    """Set the default ``phi`` of every BoostHub of ``unet`` (not thread-safe: for a per-call
-    value pass ``phi`` in the attention kwargs); returns how many were set."""
-    hubs = [m for m in unet.modules() if isinstance(m, BoostHubProcessor)]
-    for hub in hubs:
-        hub.phi = float(phi)
-    return len(hubs)
+class Injection(nn.Module):
+    """Forward hook of one encoder block: target half += phi x zero-init conv(condition half)."""
+
+    def __init__(self, channels: int, *, phi: float = 1.0):
+        super().__init__()
+        self.phi = float(phi)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)  # starts as the identity (adds zero)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, block: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        """Hook for ``block(h, emb, context, attn_kwargs)``: out (2B, C, H, W) stacked
+        [target; condition] -> the same with the target half injected; ``phi`` from the call's
+        attention kwargs (default: this module's own)."""
+        if out.shape[0] % 2:
+            raise ConfigError("injection expects [target; condition] stacked on the batch axis "
+                              f"(an even batch), got {out.shape[0]}")
+        kwargs = (args[3] if len(args) > 3 else None) or {}
+        phi = float(kwargs.get("phi", self.phi))
+        if phi == 0.0:
+            return out
+        target, cond = out.chunk(2)  # (B, C, H, W) each
+        return torch.cat([target + phi * self.conv(cond), cond])
+
+
+def encoder_blocks(unet: UNet) -> list[tuple[int, int]]:
+    """(resolution in px, channels) of each ``unet.input_blocks`` output, in order."""
+    px, ch, out = unet.config.image_size, 0, []
+    for block in unet.input_blocks:
+        for layer in block:
+            if isinstance(layer, nn.Conv2d):
+                ch = layer.out_channels
+            elif isinstance(layer, ResBlock):
+                ch = layer.out_layers[-1].out_channels
+                if isinstance(layer.h_upd, Downsample):  # resblock_updown
+                    px //= 2
+            elif isinstance(layer, Downsample):
+                px //= 2
+        out.append((px, ch))
+    return out
+
+
+def install_injections(unet: UNet, resolutions: tuple[int, ...], *,
+                       phi: float = 1.0) -> nn.ModuleDict:
+    """Hook a fresh ``Injection`` on every encoder block of ``unet`` whose output is at one of
+    ``resolutions`` (px); returns them keyed ``input_blocks_<i>`` (for the caller to own)."""
+    blocks = encoder_blocks(unet)
+    have = sorted({px for px, _ in blocks}, reverse=True)
+    missing = sorted(set(resolutions) - set(have))
+    if missing:
+        raise ConfigError(f"injection_resolutions: no encoder block at {missing[0]} px (the "
+                          f"UNet has {', '.join(map(str, have))})")
+    hooks = nn.ModuleDict()
+    for i, (px, ch) in enumerate(blocks):
+        if px in resolutions:
+            hooks[f"input_blocks_{i}"] = hook = Injection(ch, phi=phi)
+            unet.input_blocks[i].register_forward_hook(hook)
+    return hooks
+
+
+def set_phi(unet: nn.Module, phi: float, *, extra: nn.Module | None = None) -> int:
+    """Set the default ``phi`` of every BoostHub of ``unet`` and every ``Injection`` of ``extra``
+    (not thread-safe: for a per-call value pass ``phi`` in the attention kwargs); returns how
+    many were set."""
+    mods = [m for m in unet.modules() if isinstance(m, BoostHubProcessor)]
+    mods += [m for m in (extra.modules() if extra is not None else ()) if isinstance(m, Injection)]
+    for m in mods:
+        m.phi = float(phi)
+    return len(mods)

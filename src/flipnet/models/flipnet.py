@@ -6,7 +6,11 @@ The frozen prior UNet is rebuilt with cross-attention to the face-embedding toke
 strict on every key of the prior. Around it sit the trainable adapters:
 
 * BoostHub on every self-attention (``flipnet.models.boosthub``), scaled by ``phi``;
-* LoRA on every ``attn1``/``attn2`` projection (``flipnet.models.lora``);
+* optional zero-initialised injections of the condition stream's encoder features into the
+  target's at chosen resolutions (``injection_resolutions``, e.g. 64 and 32 px where the prior
+  has no attention), scaled by the same ``phi``;
+* LoRA on every ``attn1`` projection, and on ``attn2`` with ``lora_cross_attention``
+  (``flipnet.models.lora``);
 * the mode embedding (``FlipNetConfig.mode_embedding``): one vector per mode, zero at first;
 * the face embedder's HQ and LQ encoders (``flipnet.models.face_embedding``, trained in stages
   I/II beforehand and frozen here).
@@ -19,6 +23,13 @@ mode embedding (``mode_embedding``, one zero-initialised vector per mode) is add
 stream's time embedding, so the mode is known even without the face embedding (the two modes
 then get identical inputs and opposite targets). With a fresh FLIPNET (or ``phi = 0``, no face
 embedding and a zero mode embedding) each stream gets exactly the prior's prediction.
+
+The condition stream (issue 17, defect 3; our reading, to be settled by the ablation):
+``condition_stream = "frozen"`` runs the condition half as the plain prior (no LoRA delta, no
+cross-attention, no injection into it), so only the target stream learns and the condition's
+features are those the prior was trained to make; ``"adapted"`` (the first FLIPNET folders) lets
+LoRA and ``attn2`` act on both halves. ``condition_t`` fixes the condition's timestep (noise
+augmentation as in cascaded diffusion) instead of the target's t (the paper's figure).
 """
 
 from __future__ import annotations
@@ -28,13 +39,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
 from flipnet.config import load_config, save_config
 from flipnet.errors import ConfigError, WeightsError
-from flipnet.models.boosthub import install_boosthubs, set_phi
+from flipnet.models.boosthub import install_boosthubs, install_injections, set_phi
 from flipnet.models.face_embedding import FaceEmbedder, FaceEmbeddingConfig
 from flipnet.models.lora import add_lora, prior_key
 from flipnet.models.prior_types import Prior, PriorConfig
@@ -60,15 +72,54 @@ class FlipNetConfig:
     use_boosthub: bool = field(default=True, metadata={"help": "ablation: BoostHub on"})
     use_embedding: bool = field(default=True, metadata={"help": "ablation: face embedding on"})
     use_lora: bool = field(default=True, metadata={"help": "ablation: LoRA on"})
+    lora_cross_attention: bool = field(default=False, metadata={
+        "help": "LoRA on the new cross-attention too (redundant: it trains in full; folders "
+                "saved before it existed load with true)"})
     mode_embedding: bool = field(default=True, metadata={
         "help": "learned per-mode vector added to the target stream's time embedding (folders "
                 "saved before it existed load with false)"})
+    condition_stream: Literal["adapted", "frozen"] = field(default="frozen", metadata={
+        "help": "frozen: the condition half runs the plain prior (no LoRA, no cross-attention); "
+                "adapted: LoRA and cross-attention on both halves (folders saved before it "
+                "existed load with adapted)"})
+    condition_t: int | None = field(default=None, metadata={
+        "help": "the condition stream's timestep: null = the target's t (the paper); a step = "
+                "always diffused to it (0 = the first, nearly clean step)"})
+    injection_resolutions: tuple[int, ...] = field(default=(), metadata={
+        "help": "encoder resolutions (px) where zero-initialised convs add the condition "
+                "stream's features to the target's, scaled by phi; empty = none"})
+    start: float = field(default=1.0, metadata={
+        "help": "sampling default: 1 = from pure noise; < 1 = from the known image diffused to "
+                "that fraction of the schedule (DifFace-style)"})
+
+
+# what a folder saved before a key existed meant (``load_flipnet_config``)
+OLD_DEFAULTS = {"mode_embedding": False, "condition_stream": "adapted",
+                "lora_cross_attention": True}
 
 
 def _check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ConfigError(f"FLIPNET mode must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
+
+
+def _check_config(cfg: FlipNetConfig, prior_cfg: PriorConfig) -> None:
+    """ConfigError naming the first FlipNetConfig setting this prior cannot take."""
+    if cfg.condition_stream not in ("adapted", "frozen"):
+        raise ConfigError("FlipNetConfig.condition_stream must be adapted or frozen, got "
+                          f"{cfg.condition_stream!r}")
+    steps = prior_cfg.schedule.num_timesteps
+    if cfg.condition_t is not None and not 0 <= cfg.condition_t < steps:
+        raise ConfigError(f"FlipNetConfig.condition_t = {cfg.condition_t} is not a step of the "
+                          f"prior's schedule (0 to {steps - 1})")
+    if not 0.0 < cfg.start <= 1.0:
+        raise ConfigError(f"FlipNetConfig.start must be in (0, 1], got {cfg.start}")
+
+
+def condition_timesteps(t: torch.Tensor, condition_t: int | None) -> torch.Tensor:
+    """The condition stream's timesteps (B,): the target's ``t``, or ``condition_t`` for all."""
+    return t if condition_t is None else torch.full_like(t, condition_t)
 
 
 class FlipNet(nn.Module):
@@ -78,6 +129,7 @@ class FlipNet(nn.Module):
                  prior_state: dict[str, torch.Tensor] | None = None,
                  embedder_state: dict[str, torch.Tensor] | None = None, where: str = "prior"):
         super().__init__()
+        _check_config(cfg, prior_cfg)
         self.config, self.prior_config = cfg, prior_cfg
         dim = cfg.embedding.dim if cfg.use_embedding else None
         self.unet = UNet(dataclasses.replace(prior_cfg.unet, cross_attention_dim=dim))
@@ -88,7 +140,11 @@ class FlipNet(nn.Module):
         if cfg.use_boosthub:
             install_boosthubs(self.unet, phi=cfg.phi)
         if cfg.use_lora:
-            add_lora(self.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+            add_lora(self.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                     cross_attention=cfg.lora_cross_attention)
+        # forward hooks on encoder blocks; the convs live here, outside the UNet's keys
+        self.injection = (install_injections(self.unet, cfg.injection_resolutions, phi=cfg.phi)
+                          if cfg.injection_resolutions else None)
         # what was copied from the prior (frozen, never saved) versus what FLIPNET adds
         self.frozen_keys = {k for k in self.unet.state_dict() if prior_key(k) in prior_keys}
         for name, p in self.unet.named_parameters():
@@ -120,9 +176,9 @@ class FlipNet(nn.Module):
             raise WeightsError(f"{where}: FLIPNET UNet has unexpected new tensors, e.g. {new[0]}")
 
     def set_phi(self, phi: float) -> None:
-        """Set the default BoostHub weight phi on the shared modules (not thread-safe; sampling
-        passes ``phi`` per call instead)."""
-        set_phi(self.unet, phi)
+        """Set the default BoostHub and injection weight phi on the shared modules (not
+        thread-safe; sampling passes ``phi`` per call instead)."""
+        set_phi(self.unet, phi, extra=self.injection)
 
     def context(self, image: torch.Tensor | None, mode: str) -> torch.Tensor | None:
         """Face-embedding tokens (B, S, D) of the condition image: LQ encoder in restore mode, HQ in degrade."""
@@ -133,28 +189,38 @@ class FlipNet(nn.Module):
         return self.embedder.encode(image, "lq" if _check_mode(mode) == "restore" else "hq")
 
     def forward(self, x_target_t: torch.Tensor, x_cond_t: torch.Tensor, t: torch.Tensor, *,
-                mode: str, context_image: torch.Tensor | None = None,
+                mode: str, t_cond: torch.Tensor | None = None,
+                context_image: torch.Tensor | None = None,
                 context_tokens: torch.Tensor | None = None, phi: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) x2, t (B,) -> (pred_target, pred_condition), each (B, 3, H, W).
 
-        ``context_tokens`` (B, S, D): ``context(context_image, mode)`` computed beforehand (a
-        sampler encodes the image once, not at every step); ``phi``: the BoostHub weight for this
-        call only (default: the trained one), no module state is changed."""
+        ``t_cond`` (B,): the condition stream's timesteps (default
+        ``condition_timesteps(t, config.condition_t)``: the caller diffuses the condition image
+        to them); ``context_tokens`` (B, S, D): ``context(context_image, mode)`` computed
+        beforehand (a sampler encodes the image once, not at every step); ``phi``: the BoostHub
+        and injection weight for this call only (default: the trained one), no module state is
+        changed."""
         b = x_target_t.shape[0]
         t = torch.as_tensor(t, device=x_target_t.device)
         t = t.expand(b) if t.ndim == 0 else t
+        if t_cond is None:
+            t_cond = condition_timesteps(t, self.config.condition_t)
+        t_cond = torch.as_tensor(t_cond, device=x_target_t.device)
+        t_cond = t_cond.expand(b) if t_cond.ndim == 0 else t_cond
         _check_mode(mode)
         tokens = (context_tokens if context_tokens is not None
                   else self.context(context_image, mode))  # (B, S, D) or None
         ctx = None if tokens is None else torch.cat([tokens, tokens])  # (2B, S, D)
-        kwargs = None if phi is None else {"phi": float(phi)}
+        kwargs = {} if phi is None else {"phi": float(phi)}
+        if self.config.condition_stream == "frozen":  # the condition half: the plain prior
+            kwargs["frozen_condition"] = True
         offset = None
         if self.mode_embedding is not None:  # the mode, for the target stream only
             vec = self.mode_embedding.weight[MODES.index(mode)]  # (E,)
             offset = torch.cat([vec.expand(b, -1), torch.zeros_like(vec).expand(b, -1)])  # (2B, E)
-        out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t]), ctx,
-                        cross_attention_kwargs=kwargs, emb_offset=offset)  # (2B, 3, H, W)
+        out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t_cond]), ctx,
+                        cross_attention_kwargs=kwargs or None, emb_offset=offset)  # (2B, 3, H, W)
         return out[:b], out[b:]
 
     def forward_streams(self, xt_hq: torch.Tensor, xt_lq: torch.Tensor, t: torch.Tensor, *,
@@ -168,8 +234,8 @@ class FlipNet(nn.Module):
         return pred_hq, pred_lq
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything FLIPNET adds to the prior (adapters, BoostHubs, attn2, mode embedding,
-        embedder encoders)."""
+        """Everything FLIPNET adds to the prior (adapters, BoostHubs, injections, attn2, mode
+        embedding, embedder encoders)."""
         return {k: v for k, v in self.state_dict().items()
                 if not (k.startswith("unet.") and k[len("unet."):] in self.frozen_keys)}
 
@@ -193,6 +259,9 @@ def _hostable(p: Prior) -> Prior:
         raise WeightsError(f"{p.source}: FLIPNET needs a prior whose architecture is known: a "
                            "flipnet prior folder or a guided-diffusion checkpoint (not a "
                            f"{p.kind} prior)")
+    if p.autoencoder is not None:
+        raise WeightsError(f"{p.source}: FLIPNET runs on pixel-space priors only for now (this is "
+                           "a latent prior with an autoencoder)")
     return p
 
 
@@ -232,13 +301,13 @@ def save_flipnet(folder: str | os.PathLike, net: FlipNet) -> Path:
 
 
 def load_flipnet_config(folder: str | os.PathLike) -> FlipNetConfig:
-    """A FLIPNET folder's config.json; a folder saved before the mode embedding existed (no
-    ``mode_embedding`` key) has none (``mode_embedding = False``), so it loads as it was."""
+    """A FLIPNET folder's config.json; a key the folder was saved without takes the value it
+    meant then (``OLD_DEFAULTS``: no mode embedding, an adapted condition stream, LoRA on the
+    cross-attention), so an old folder loads as it was."""
     path = Path(folder) / "config.json"
     cfg = load_config(FlipNetConfig, path)
-    if "mode_embedding" not in json.loads(path.read_text()):
-        cfg = dataclasses.replace(cfg, mode_embedding=False)
-    return cfg
+    saved = json.loads(path.read_text())
+    return dataclasses.replace(cfg, **{k: v for k, v in OLD_DEFAULTS.items() if k not in saved})
 
 
 def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None = None,

@@ -204,6 +204,31 @@ class Restorer(nn.Module):
         return (x + r)[..., :h, :w]
 
 
+def deepen_restorer(model: Restorer, cfg: RestorerConfig) -> Restorer:
+    """A restorer of config ``cfg`` that computes exactly what ``model`` computes.
+
+    ``cfg`` may only add NAF blocks (per level, in the middle); every other setting must match.
+    The old blocks keep their weights and the new ones are appended after them: a new block's
+    residual scales ``beta``/``gamma`` are zero, so it starts as the identity and training grows
+    it from there (a warm start for a deeper net, instead of training it from zero).
+    """
+    old = model.config
+    same = {k: getattr(old, k) for k in ("image_size", "width", "unshuffle", "dw_expand",
+                                         "ffn_expand")}
+    if same != {k: getattr(cfg, k) for k in same} or len(cfg.enc_blocks) != len(old.enc_blocks):
+        raise ConfigError(f"deepen_restorer: only block counts may change, not {old} -> {cfg}")
+    pairs = [*zip(cfg.enc_blocks, old.enc_blocks), (cfg.middle_blocks, old.middle_blocks),
+             *zip(cfg.dec_blocks, old.dec_blocks)]
+    if any(new < was for new, was in pairs):
+        raise ConfigError(f"deepen_restorer: block counts may only grow ({old} -> {cfg})")
+    grown = Restorer(cfg)
+    state = grown.state_dict()
+    for key, tensor in model.state_dict().items():
+        state[key] = tensor  # Sequential indices of the old blocks are unchanged
+    grown.load_state_dict(state, strict=True)
+    return grown.train(model.training)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in model.parameters())

@@ -16,8 +16,10 @@ one face) -> ``restore_crops`` (one batched ``method.restore`` call) -> ``paste_
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -28,6 +30,7 @@ from flipnet.faces.keep_detail import KeepDetailConfig, restoration_weight
 
 DETECT_MAX_SIDE = 2048  # detection runs on a copy at most this large (bounded memory, #8)
 RESTORED_PASS_SIDE = 192  # long side of the restored detection pass (measured: BENCHMARKS.md)
+LOCATOR_WEIGHTS = "face-locator"  # the learned fallback's weights (models.face_locator)
 
 
 class FaceMethod(Protocol):
@@ -123,15 +126,66 @@ def detect_restored(rgb: np.ndarray, *, side: int = RESTORED_PASS_SIDE, passes: 
     return []
 
 
+@functools.cache
+def _face_locator(folder: str):
+    """The locator model and config of a weights folder (loaded once per process)."""
+    from flipnet.models.face_locator import load_face_locator
+
+    return load_face_locator(folder)
+
+
+def locator_folder(locator: str | os.PathLike | None) -> Path | None:
+    """The face-locator weights folder: ``locator`` as a path, else a shipped name found along
+    ``weights.weights_search_path()``; None when ``locator`` is None or nothing is there."""
+    from flipnet.weights import find_weights
+
+    if locator is None:
+        return None
+    path = Path(locator)
+    return path if (path / "config.json").is_file() else find_weights(str(locator))
+
+
+def detect_located(rgb: np.ndarray, *, locator: str | os.PathLike | None = LOCATOR_WEIGHTS
+                   ) -> list:
+    """The main face as the learned locator finds it (``models.face_locator``): one
+    ``faces.detect.Face`` (box = the aligned crop's square in the photo, score = presence
+    probability, landmarks68 None), or [] when its presence is not above the folder's threshold,
+    its eyes are less than 2 px apart, or there are no locator weights."""
+    from flipnet.faces.align import invert_affine, similarity_transform
+    from flipnet.faces.detect import Face
+    from flipnet.faces.template import get_template
+    from flipnet.models.face_locator import locate_face
+
+    folder = locator_folder(locator)
+    if folder is None:
+        return []
+    model, cfg = _face_locator(str(folder.resolve()))
+    points, prob = locate_face(model, cfg, rgb)
+    if prob <= cfg.presence_threshold or np.linalg.norm(points[1] - points[0]) < 2.0:
+        return []  # not confident, or eyes on one pixel (no face to align)
+    # box: the square of a 128 px flipnet-template crop, mapped back to the photo
+    back = invert_affine(similarity_transform(points, get_template("flipnet", 128)))
+    corners = np.array([[0, 0], [128, 0], [0, 128], [128, 128]], np.float64) @ back[:, :2].T
+    corners += back[:, 2]
+    box = (*corners.min(0), *corners.max(0))
+    return [Face(box=tuple(float(v) for v in box), score=prob, landmarks5=points,
+                 landmarks68=None)]
+
+
 def detect_photo_faces(rgb: np.ndarray, *, only_center_face: bool = False,
-                       detector: str = "hog", detect_max_side: int = DETECT_MAX_SIDE) -> list:
+                       detector: str = "hog", detect_max_side: int = DETECT_MAX_SIDE,
+                       locator: str | os.PathLike | None = LOCATOR_WEIGHTS,
+                       restored_pass: bool = True) -> list:
     """The ``faces.detect.Face``s of a photo: ``detect_all_faces`` (on a copy downscaled to
-    ``detect_max_side``), else the restored detection pass; only the most central one if
-    ``only_center_face``."""
+    ``detect_max_side``), else the learned locator (``detect_located``; skipped when its weights
+    folder ``locator`` is absent or None), else the restored detection pass (when
+    ``restored_pass``); only the most central one if ``only_center_face``."""
     from flipnet.faces.detect import detect_all_faces
 
     faces = detect_all_faces(rgb, detector=detector, max_side=detect_max_side)
     if not faces:
+        faces = detect_located(rgb, locator=locator)
+    if not faces and restored_pass:
         faces = detect_restored(rgb)
     if only_center_face and faces:
         cy, cx = rgb.shape[0] / 2, rgb.shape[1] / 2

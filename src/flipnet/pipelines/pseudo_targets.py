@@ -1,8 +1,9 @@
 """``flipnet pseudo-targets``: pseudo targets for unlabeled real LQ faces (Kuai et al., WACV 2025).
 
 For each LQ face: restore it with the restorer, diffuse the output to t0 and sample back with
-low-pass guidance toward it (``flipnet.diffusion.guided_resample``). The pair (LQ, target) is
-what ``flipnet finetune`` trains on (``flipnet.api.finetune`` runs this, then
+low-pass guidance toward it (``flipnet.diffusion.guided_resample``; a latent prior guides the
+latents of the encoded restorer output, ``pipelines.prior_restore.prior_resample``). The pair
+(LQ, target) is what ``flipnet finetune`` trains on (``flipnet.api.finetune`` runs this, then
 ``training.finetune.finetune_on_pairs``). Output layout: ``DST/lq/NAME.png`` (the input,
 aligned crop), ``DST/target/NAME.png``, and ``DST/pseudo_targets.json`` (settings). Resumable:
 faces whose target exists are skipped; each face's noise depends only on (seed, its sorted
@@ -22,7 +23,7 @@ import torch
 
 from flipnet.config import folder_config_class
 from flipnet.device import resolve_device
-from flipnet.diffusion.guided_resample import GuidedResampleConfig, guided_resample
+from flipnet.diffusion.guided_resample import GuidedResampleConfig
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import (
     BatchLog,
@@ -36,6 +37,7 @@ from flipnet.io import (
 )
 from flipnet.models.prior import load_prior
 from flipnet.pipelines.methods import make_method
+from flipnet.pipelines.prior_restore import prior_resample
 from flipnet.splits import in_split
 from flipnet.weights import resolve_weights
 
@@ -50,7 +52,8 @@ class PseudoTargetConfig:
     t0: int = field(default=150, metadata={"help": "Respaced step the output is diffused to."})
     tau: int = field(default=90, metadata={"help": "Guidance stops when this many steps remain."})
     factor: int = field(default=0, metadata={
-        "help": "Low-pass factor N; 0 = the paper's 16 at 512 px scaled to the prior's size."})
+        "help": "Low-pass factor N in image pixels; 0 = the paper's 16 at 512 px scaled to the "
+                "prior's size (latent priors: latent factor round(N / f), at least 1)."})
     seed: int = field(default=0, metadata={"help": "Seed; face i uses seed + i."})
     split: str = field(default="train", metadata={"help": "Split of SRC to use: train|test|all."})
     limit: int = field(default=0, metadata={
@@ -128,7 +131,7 @@ def make_pseudo_targets(src: str | Path, dst: str | Path, cfg: PseudoTargetConfi
             restored = restorer.restore(np.stack(lq))
             with torch.no_grad():
                 y = to_tensor(restored).to(device)
-                targets = to_uint8(guided_resample(prior, y, guide, indices=idx))
+                targets = to_uint8(prior_resample(prior, y, guide, indices=idx))
             for i, a, t in zip(idx, lq, targets):
                 save_image(dst / "lq" / f"{names[i]}.png", a)
                 save_image(dst / "target" / f"{names[i]}.png", t)  # last: marks the face done

@@ -12,14 +12,16 @@ our reading, see docs/FLIPNET.md).
   (pseudo HQ) once, resumably; training reads them with ``PairFolder``. Target = LQ stream, so
   the mode learns to map a clean-looking face back to the real LQ it came from.
 
-Each step: one batch per mode; both streams share one t per sample and have their own noise;
-loss = MSE(target stream) + MSE(condition stream) per mode (the schedule's eps or v targets),
-summed over the two modes. Only adapters train: the prior is frozen, checked at start and at
-export. Accelerate (CPU, one GPU or ``accelerate launch``: forward passes go through the
-DDP-wrapped net), EMA of the trainable tensors, sample grids and the fault tolerance follow
-``training.harness``: a rerun with the same settings continues from the newest checkpoint and ends
-bit-identical to an unbroken run; a kill -9 never leaves half a checkpoint or export. The EMA
-adapters are exported to ``<out_dir>/flipnet``.
+Each step: one batch per mode; the condition stream is diffused to the target's t per sample
+(the paper) or to the fixed ``flipnet.condition_t``, each stream with its own noise; loss =
+MSE(target stream) [+ MSE(condition stream), ``condition_loss``: on by default for an adapted
+condition stream, off for a frozen one, which has nothing to train] per mode (the schedule's eps
+or v targets), summed over the two modes. Only adapters train: the prior is frozen, checked at
+start and at export. Accelerate (CPU, one GPU or ``accelerate launch``: forward passes go
+through the DDP-wrapped net), EMA of the trainable tensors, sample grids and the fault
+tolerance follow ``training.harness``: a rerun with the same settings continues from the newest
+checkpoint and ends bit-identical to an unbroken run; a kill -9 never leaves half a checkpoint
+or export. The EMA adapters are exported to ``<out_dir>/flipnet``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import NoiseSchedule, make_schedule
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import remove_partial_files
-from flipnet.models.flipnet import FlipNet, FlipNetConfig, build_flipnet, load_flipnet, save_flipnet
+from flipnet.models.flipnet import (
+    FlipNet,
+    FlipNetConfig,
+    build_flipnet,
+    condition_timesteps,
+    load_flipnet,
+    save_flipnet,
+)
 from flipnet.training.face_embedding import model_lq_pairs
 from flipnet.training.harness import (
     EMA,
@@ -56,8 +65,10 @@ from flipnet.viz import save_grid
 
 # settings that may change between a run and its continuation without changing the result
 # (the learning rate is warmup-then-constant, so ``steps`` only says where to stop)
+# (``flipnet.start`` is only the exported folder's sampling default)
 RESUME_HARMLESS = ("resume", "max_minutes", "steps", "threads", "log_every", "sample_every",
-                   "sample_count", "sample_steps", "save_every", "keep_checkpoints")
+                   "sample_count", "sample_steps", "save_every", "keep_checkpoints",
+                   "flipnet.start")
 
 
 def _h(text: str) -> dict:
@@ -96,6 +107,9 @@ class FlipNetTrainConfig:
     max_minutes: float = field(default=0.0, metadata=_h("stop (save + export) after this wall "
                                                           "time; 0 = no limit"))
     degrade_weight: float = field(default=1.0, metadata=_h("weight of the degradation-mode loss"))
+    condition_loss: bool | None = field(default=None, metadata=_h(
+        "also train the condition stream to denoise itself; null = on for an adapted condition "
+        "stream, off for a frozen one"))
     ema_decay: float = field(default=0.999, metadata=_h("EMA decay (with warmup)"))
     grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 = off"))
     mixed_precision: Literal["no", "bf16"] = field(default="no", metadata=_h("no | bf16"))
@@ -113,22 +127,32 @@ class FlipNetTrainConfig:
 
 
 def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
-              generator: torch.Generator) -> torch.Tensor:
-    """One mode's loss: same t for both streams, two noises, MSE(target) + MSE(condition).
+              generator: torch.Generator, *, condition_t: int | None = None,
+              condition_loss: bool = True) -> torch.Tensor:
+    """One mode's loss: MSE(target) [+ MSE(condition)], two noises; the condition stream at the
+    target's t, or at ``condition_t`` for every sample (``FlipNetConfig.condition_t``).
 
-    ``net`` is called (``net(x_target_t, x_cond_t, t, mode=, context_image=)``), never a method
-    of it, so a DDP-wrapped FLIPNET syncs its gradients across processes."""
+    Draws t, then the HQ noise, then the LQ noise from ``generator``. ``net`` is called
+    (``net(x_target_t, x_cond_t, t, t_cond=, mode=, context_image=)``), never a method of it, so
+    a DDP-wrapped FLIPNET syncs its gradients across processes."""
     t = torch.randint(0, schedule.num_timesteps, (hq.shape[0],), generator=generator,
                       device=generator.device).to(hq.device)
     noise_hq = torch.randn(hq.shape, generator=generator, device=generator.device).to(hq.device)
     noise_lq = torch.randn(lq.shape, generator=generator, device=generator.device).to(hq.device)
-    xt_hq, xt_lq = schedule.q_sample(hq, t, noise_hq), schedule.q_sample(lq, t, noise_lq)
-    if mode == "restore":  # HQ stream is the target, LQ image gives the tokens
-        pred_hq, pred_lq = net(xt_hq, xt_lq, t, mode=mode, context_image=lq)
-    else:  # degrade: LQ stream is the target, HQ image gives the tokens
-        pred_lq, pred_hq = net(xt_lq, xt_hq, t, mode=mode, context_image=hq)
-    return (F.mse_loss(pred_hq.float(), schedule.training_target(hq, t, noise_hq))
-            + F.mse_loss(pred_lq.float(), schedule.training_target(lq, t, noise_lq)))
+    t_cond = condition_timesteps(t, condition_t)
+    # restore: HQ stream is the target, LQ the condition (and its image gives the tokens);
+    # degrade: the other way round
+    t_hq, t_lq = (t, t_cond) if mode == "restore" else (t_cond, t)
+    xt_hq, xt_lq = schedule.q_sample(hq, t_hq, noise_hq), schedule.q_sample(lq, t_lq, noise_lq)
+    if mode == "restore":
+        pred_hq, pred_lq = net(xt_hq, xt_lq, t, t_cond=t_cond, mode=mode, context_image=lq)
+    else:
+        pred_lq, pred_hq = net(xt_lq, xt_hq, t, t_cond=t_cond, mode=mode, context_image=hq)
+    loss_hq = F.mse_loss(pred_hq.float(), schedule.training_target(hq, t_hq, noise_hq))
+    loss_lq = F.mse_loss(pred_lq.float(), schedule.training_target(lq, t_lq, noise_lq))
+    if not condition_loss:
+        return loss_hq if mode == "restore" else loss_lq
+    return loss_hq + loss_lq
 
 
 def frozen_checksum(net: FlipNet) -> str:
@@ -150,14 +174,26 @@ def _ema_of_trainable(net: FlipNet, decay: float) -> EMA:
     return ema
 
 
+def condition_loss_on(cfg: FlipNetTrainConfig) -> bool:
+    """Whether the condition stream's loss counts (``condition_loss``, null = only when the
+    condition stream is adapted); ConfigError for a frozen one, which has nothing to learn."""
+    adapted = cfg.flipnet.condition_stream == "adapted"
+    if cfg.condition_loss and not adapted:
+        raise ConfigError("FLIPNET: condition_loss = true needs condition_stream = adapted (a "
+                          "frozen condition stream is the plain prior: its loss is a constant)")
+    return adapted if cfg.condition_loss is None else cfg.condition_loss
+
+
 def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
     """Refuse configs that leave adapters without gradients (DDP would fail on them)."""
     if not net.trainable_parameters():
-        raise ConfigError("FLIPNET: use_boosthub, use_lora and use_embedding are all off; "
-                          "there is nothing to train")
-    if cfg.flipnet.use_boosthub and cfg.flipnet.phi == 0:
-        raise ConfigError("FLIPNET: phi = 0 switches BoostHub off, so its weights get no "
-                          "gradient; train with phi > 0 or use_boosthub = false")
+        raise ConfigError("FLIPNET: use_boosthub, use_lora, use_embedding and mode_embedding "
+                          "are all off and there are no injections; there is nothing to train")
+    f = cfg.flipnet
+    if (f.use_boosthub or f.injection_resolutions) and f.phi == 0:
+        raise ConfigError("FLIPNET: phi = 0 switches BoostHub and the injections off, so their "
+                          "weights get no gradient; train with phi > 0 or switch them off")
+    condition_loss_on(cfg)
 
 
 def _init_adapters(net: FlipNet, cfg: FlipNetTrainConfig) -> None:
@@ -235,15 +271,16 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                   ncol=len(fixed_lq))
 
     gen = torch.Generator(device=device)
+    loss_kw = {"condition_t": cfg.flipnet.condition_t, "condition_loss": condition_loss_on(cfg)}
     for step in run.steps(cfg.steps, desc="flipnet", save_samples=save_samples,
                           sample_at_end=True):
         lr = set_lr(opt, warmup_lr(cfg.lr, step, cfg.warmup_steps))
         # both modes every step; noise is a function of (seed, step, rank)
         gen.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + accelerator.process_index)
         lq, hq = next(batches_r)
-        loss_r = mode_loss(net, schedule, hq, lq, "restore", gen)
+        loss_r = mode_loss(net, schedule, hq, lq, "restore", gen, **loss_kw)
         lq_real, hq_pseudo = next(batches_d)
-        loss_d = mode_loss(net, schedule, hq_pseudo, lq_real, "degrade", gen)
+        loss_d = mode_loss(net, schedule, hq_pseudo, lq_real, "degrade", gen, **loss_kw)
         loss = loss_r + cfg.degrade_weight * loss_d
         run.optimizer_step(loss, opt, trainable, step, grad_clip=cfg.grad_clip)
         ema.update(accelerator.unwrap_model(net))
@@ -272,12 +309,16 @@ def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int
                f"{cfg.split}), LQ by presets {', '.join(cfg.presets)} made at "
                f"{cfg.crop_size} px, shrunk")
     start = f"\n- started from `{cfg.init_from}`" if cfg.init_from else ""
+    cond_t = "the target's t" if f.condition_t is None else f"step {f.condition_t}"
     return (f"# FLIPNET adapters on `{f.prior}`\n\n"
             f"- restore mode: {restore}{start}\n- degrade mode: {n_degrade} real LQ faces of "
             f"`{cfg.real_lq_dir}` with pseudo HQ by `{cfg.pseudo_restorer}`\n"
             f"- adapters: BoostHub {f.use_boosthub} (phi {f.phi}), LoRA {f.use_lora} (rank "
-            f"{f.lora_rank}, alpha {f.lora_alpha}), face embedding {f.use_embedding} "
-            f"(`{cfg.embedder}`)\n- training: {progress.step} steps, batch {cfg.batch_size} per "
+            f"{f.lora_rank}, alpha {f.lora_alpha}, on attn2 {f.lora_cross_attention}), face "
+            f"embedding {f.use_embedding} (`{cfg.embedder}`), mode embedding {f.mode_embedding}, "
+            f"injections at {list(f.injection_resolutions) or 'none'} px\n- condition stream: "
+            f"{f.condition_stream}, at {cond_t}, its loss {condition_loss_on(cfg)}; sampling "
+            f"start {f.start}\n- training: {progress.step} steps, batch {cfg.batch_size} per "
             f"mode, lr {cfg.lr}, EMA {cfg.ema_decay}\n- wall time: "
             f"{progress.wall_seconds / 60:.1f} min on {hardware_name(accelerator)}\n"
             f"- final loss: {progress.last_loss:.4f}\n- terms: UTKFace/LFW-derived: "

@@ -84,6 +84,9 @@ class PriorFeatureLoss(nn.Module):
         if not (hasattr(unet, "input_blocks") and hasattr(unet, "time_embed")):
             raise WeightsError(f"{prior.source}: prior feature loss needs a flipnet UNet prior "
                                f"(got a {prior.kind} model)")
+        if getattr(prior, "autoencoder", None) is not None:
+            raise WeightsError(f"{prior.source}: prior feature loss needs a pixel-space prior "
+                               "(this is a latent prior)")
         self.unet = unet.eval().requires_grad_(False)
         self.size, self.t = prior.image_size, t
         self.blocks = blocks or len(unet.input_blocks)

@@ -1,5 +1,9 @@
-"""Train the unconditional pixel-space face prior (DDPM objective, v or eps target) with Accelerate.
+"""Train the unconditional face prior (DDPM objective, v or eps target) with Accelerate.
 
+Pixel space by default; with ``autoencoder`` set, a latent prior: the faces are encoded once by
+the frozen autoencoder (``training.data.LatentFaces``), the UNet learns the latents, and the
+export carries the autoencoder in ``autoencoder/`` so that sampling decodes to pixels.
+Optional Min-SNR-gamma loss weighting (Hang et al. 2023) speeds convergence.
 The same function runs on CPU, one GPU, or ``accelerate launch`` on several. Every
 ``save_every`` steps a checkpoint is written that resumes exactly (``resume=True`` picks the
 latest); every ``sample_every`` steps an EMA sample grid from fixed noise is saved; at the end the
@@ -13,16 +17,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import sample_ddim
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import FlipnetError
+from flipnet.models.autoencoder import FaceAutoencoder, load_autoencoder
 from flipnet.models.prior import save_prior
 from flipnet.models.prior_types import PriorConfig
 from flipnet.models.unet import UNet, count_parameters
-from flipnet.training.data import FaceFolder, ShuffleFlipSampler
+from flipnet.training.data import FaceFolder, LatentFaces, ShuffleFlipSampler
 from flipnet.training.harness import (
     EMA,
     TrainingRun,
@@ -74,23 +78,52 @@ class PriorTrainConfig:
     seed: int = field(default=0, metadata=_h("seed for init, data order, noise"))
     num_workers: int = field(default=0, metadata=_h("DataLoader workers (data is in memory)"))
     threads: int = field(default=0, metadata=_h("torch CPU threads; 0 = torch default"))
+    autoencoder: str | None = field(default=None, metadata=_h(
+        "autoencoder folder: train a latent prior on its latents (encoded once, cached in "
+        "out_dir); the UNet's image_size is then the latent size"))
+    loss_weighting: Literal["none", "min_snr"] = field(default="none", metadata=_h(
+        "none | min_snr (Min-SNR-gamma weighting, Hang et al. 2023)"))
+    min_snr_gamma: float = field(default=5.0, metadata=_h("gamma of min_snr"))
     resume: bool = field(default=False, metadata=_h(
         "continue even if settings differ from the saved run (a rerun with the same settings "
         "continues from the newest checkpoint without it)"))
 
 
 def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n_params: int,
-                hardware: str) -> str:
-    s = cfg.prior.schedule
-    return (f"# flipnet face prior ({cfg.prior.unet.image_size} px)\n\n"
+                hardware: str, pixel_size: int) -> str:
+    s, size = cfg.prior.schedule, cfg.prior.unet.image_size
+    space = (f"latent UNet on {size}x{size}x{cfg.prior.unet.in_channels} latents of "
+             f"`{cfg.autoencoder}` (autoencoder stored in `autoencoder/`)" if cfg.autoencoder
+             else "pixel-space UNet")
+    weighting = (f"min-SNR-{cfg.min_snr_gamma:g}" if cfg.loss_weighting == "min_snr"
+                 else "uniform")
+    return (f"# flipnet face prior ({pixel_size} px)\n\n"
             f"- data: `{cfg.data_dir}` ({n_images} aligned faces, horizontal flips: {cfg.hflip})\n"
-            f"- model: pixel-space UNet, {n_params / 1e6:.2f} M parameters; schedule: "
-            f"{s.beta_schedule}, {s.num_timesteps} steps, {s.prediction}-prediction\n"
+            f"- model: {space}, {n_params / 1e6:.2f} M parameters; schedule: "
+            f"{s.beta_schedule}, {s.num_timesteps} steps, {s.prediction}-prediction, "
+            f"{weighting} loss weighting\n"
             f"- training: {progress.step} steps, batch {cfg.batch_size} x {cfg.grad_accum}, "
             f"lr {cfg.lr}, EMA {cfg.ema_decay}, mixed precision {cfg.mixed_precision}\n"
-            f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}\n"
+            f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
+            f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads; "
+            "the autoencoder's are in its own card)\n"
             f"- final loss: {progress.last_loss:.4f}\n- weights: EMA, fp16 safetensors\n"
             "- terms: trained on UTKFace-derived crops: non-commercial research use only.\n")
+
+
+def _frozen_autoencoder(cfg: PriorTrainConfig, device) -> FaceAutoencoder:
+    """The autoencoder of a latent prior run, checked against the UNet's shape."""
+    autoencoder, ae_cfg = load_autoencoder(cfg.autoencoder, device=device)
+    unet = cfg.prior.unet
+    if unet.in_channels != ae_cfg.latent_channels or unet.out_channels != ae_cfg.latent_channels:
+        raise FlipnetError(f"{cfg.autoencoder}: {ae_cfg.latent_channels} latent channels, but the "
+                           f"prior's UNet has in/out channels {unet.in_channels}/"
+                           f"{unet.out_channels}")
+    if unet.image_size * ae_cfg.factor != ae_cfg.image_size:
+        raise FlipnetError(f"{cfg.autoencoder}: makes {ae_cfg.image_size} px faces from "
+                           f"{ae_cfg.image_size // ae_cfg.factor} px latents, but the prior's UNet "
+                           f"image_size is {unet.image_size}")
+    return autoencoder.eval().requires_grad_(False)
 
 
 def train_prior(cfg: PriorTrainConfig) -> Path:
@@ -99,8 +132,13 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     accelerator, device = run.accelerator, run.device
     # data, model, EMA, optimizer
     schedule = make_schedule(cfg.prior.schedule)
-    dataset = FaceFolder(cfg.data_dir, cfg.prior.unet.image_size, split=cfg.split,
-                         progress=run.main)
+    autoencoder = _frozen_autoencoder(cfg, device) if cfg.autoencoder else None
+    size = cfg.prior.unet.image_size  # of what the UNet sees: pixels or latents
+    pixel_size = size * autoencoder.config.factor if autoencoder else size
+    dataset = FaceFolder(cfg.data_dir, pixel_size, split=cfg.split, progress=run.main)
+    if autoencoder:
+        dataset = LatentFaces(dataset, autoencoder, cache=Path(cfg.out_dir) / "latents.safetensors",
+                              flips=cfg.hflip, progress=run.main)
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} images, fewer than one batch "
                            f"({cfg.batch_size})")
@@ -112,14 +150,16 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     ema = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay)
     sample_model = UNet(cfg.prior.unet).to(device).eval()  # before the RNG states are restored
     run.resume_or_start(ema)
-    fixed_noise = torch.randn((cfg.sample_count, 3, cfg.prior.unet.image_size,
-                               cfg.prior.unet.image_size),
+    fixed_noise = torch.randn((cfg.sample_count, cfg.prior.unet.in_channels, size, size),
                               generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
 
     def save_samples(path: Path) -> None:
         ema.copy_to(sample_model)
         ts = sampling_timesteps(schedule.num_timesteps, str(cfg.sample_steps))
-        save_grid(path, sample_ddim(lambda xt, t: sample_model(xt, t), fixed_noise, schedule, ts))
+        x0 = sample_ddim(lambda xt, t: sample_model(xt, t), fixed_noise, schedule, ts,
+                         clip_x0=autoencoder is None)  # latents are not bounded to [-1, 1]
+        with torch.no_grad():
+            save_grid(path, autoencoder.decode(x0) if autoencoder else x0)
 
     noise_gen = torch.Generator(device=device)
     batches = run.batches(loader, sampler, per_step=cfg.grad_accum)
@@ -135,7 +175,10 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
                                   generator=noise_gen)
                 noise = torch.randn(x0.shape, device=device, generator=noise_gen)
                 xt = schedule.q_sample(x0, t, noise)
-                loss = F.mse_loss(model(xt, t).float(), schedule.training_target(x0, t, noise))
+                error = (model(xt, t).float() - schedule.training_target(x0, t, noise)) ** 2
+                if cfg.loss_weighting == "min_snr":
+                    error = error * schedule.min_snr_weight(t, error, gamma=cfg.min_snr_gamma)
+                loss = error.mean()
                 run.optimizer_step(loss, opt, model.parameters(), step, grad_clip=cfg.grad_clip)
         ema.update(accelerator.unwrap_model(model))
         loss_value = float(loss.detach())
@@ -146,9 +189,9 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     # export the EMA weights as a prior folder with a model card
     def write_prior(tmp: Path) -> str:
         ema.copy_to(sample_model)
-        save_prior(tmp, sample_model, cfg.prior)
+        save_prior(tmp, sample_model, cfg.prior, autoencoder=autoencoder)
         return _model_card(cfg, run.progress, len(dataset), count_parameters(sample_model),
-                           hardware_name(accelerator))
+                           hardware_name(accelerator), pixel_size)
 
     return run.export(write_prior)
 

@@ -30,6 +30,7 @@ from flipnet.models.restorer import (
     Restorer,
     RestorerConfig,
     count_parameters,
+    deepen_restorer,
     load_restorer,
     save_restorer,
 )
@@ -222,13 +223,16 @@ def plot_validation(val_path: Path, png: Path) -> Path | None:
 
 
 def _initial_model(cfg: RestorerTrainConfig) -> Restorer:
-    """A fresh restorer, or the weights of ``init_from`` (whose config must match)."""
+    """A fresh restorer, or the weights of ``init_from`` (same config, or deepened from it)."""
     if not cfg.init_from:
         return Restorer(cfg.restorer)
     model, init_cfg = load_restorer(cfg.init_from)
     if init_cfg != cfg.restorer:
-        raise ConfigError(f"{cfg.init_from}: its restorer config {init_cfg} differs from the run's "
-                          f"{cfg.restorer}")
+        try:  # a deeper net of the same width grows from it, starting as the same function
+            return deepen_restorer(model, cfg.restorer).train()
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.init_from}: its restorer config {init_cfg} differs from the "
+                              f"run's {cfg.restorer} in more than added blocks ({e})") from None
     return model.train()
 
 
