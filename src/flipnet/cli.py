@@ -302,6 +302,30 @@ def train_restorer_cmd(dry_run, **kwargs) -> None:
     click.echo(f"restorer exported to {train_restorer(cfg, command=' '.join(sys.argv))}")
 
 
+@train.command(name="autoencoder", cls=ConfigCommand,
+               config="flipnet.training.autoencoder:AutoencoderTrainConfig")
+def train_autoencoder_cmd(dry_run, **kwargs) -> None:
+    """Train the face autoencoder of a latent prior (L1 + FFT + KL + GAN); exports EMA weights."""
+    from flipnet.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = resolve_config(AutoencoderTrainConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"autoencoder exported to {train_autoencoder(cfg, command=' '.join(sys.argv))}")
+
+
+@train.command(name="face-locator", cls=ConfigCommand,
+               config="flipnet.training.face_locator:FaceLocatorTrainConfig")
+def train_face_locator_cmd(dry_run, **kwargs) -> None:
+    """Train the learned face locator, the detection fallback for heavily degraded faces."""
+    from flipnet.training.face_locator import FaceLocatorTrainConfig, train_face_locator
+
+    cfg = resolve_config(FaceLocatorTrainConfig, kwargs)
+    if dry_run:
+        return print_config(cfg)
+    click.echo(f"face locator exported to {train_face_locator(cfg, command=' '.join(sys.argv))}")
+
+
 @cli.command(name="pseudo-targets", cls=ConfigCommand,
              config="flipnet.pipelines.pseudo_targets:PseudoTargetConfig")
 @click.argument("src", type=click.Path(exists=True))
