@@ -162,3 +162,30 @@ def _read_latent_cache(path: str | os.PathLike, key: str) -> torch.Tensor | None
             return f.get_tensor("latents")
     except Exception:  # a torn or foreign file is simply re-made
         return None
+
+
+class DeviceFaces(Dataset):
+    """A ``FaceFolder`` or ``LatentFaces`` held whole on ``device`` (a GPU), so a batch is an
+    index into device memory instead of a host-to-device copy per step. Items equal the wrapped
+    dataset's (same (index, flip) keys), so samplers and exact resume are unchanged."""
+
+    def __init__(self, dataset: FaceFolder | LatentFaces, device: torch.device | str):
+        self.latent = isinstance(dataset, LatentFaces)
+        self.size = len(dataset)
+        if self.latent:
+            self.data = dataset.latents.to(device)  # (N, views, C, h, w) float16
+        else:
+            self.data = torch.from_numpy(dataset.pixels).to(device)  # (N, S, S, 3) uint8
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key) -> torch.Tensor:
+        """``key`` = index or (index, flip) -> (C, h, w) float latent or (3, S, S) in [-1, 1]."""
+        index, flip = key if isinstance(key, tuple) else (key, False)
+        if self.latent:
+            if flip and self.data.shape[1] == 1:
+                raise IndexError("LatentFaces built with flips=False has no flipped latents")
+            return self.data[index, int(bool(flip))].float()
+        x = self.data[index].permute(2, 0, 1).float() / 127.5 - 1.0  # as io.to_tensor
+        return x.flip(-1) if flip else x
