@@ -197,3 +197,28 @@ def test_latent_prior_refuses_a_mismatched_autoencoder(blobs, tmp_path):
     ae_folder = _tiny_autoencoder(tmp_path / "ae")
     with pytest.raises(FlipnetError, match="latent channels"):
         train_prior(_cfg(blobs, tmp_path / "bad", autoencoder=str(ae_folder)))  # 3-channel UNet
+
+
+def test_gpu_speed_switches_train_the_same_on_cpu(blobs, tmp_path):
+    """channels_last and data_on_device (the GPU command's switches) change memory layout and
+    where the data lives, not what is learned: same losses as the plain run, to float tolerance."""
+    with pytest.warns(UserWarning):
+        train_prior(_cfg(blobs, tmp_path / "plain", steps=3, save_every=3))
+    with pytest.warns(UserWarning):
+        train_prior(_cfg(blobs, tmp_path / "fast", steps=3, save_every=3, channels_last=True,
+                         data_on_device=True))
+    plain, fast = ([json.loads(line)["loss"] for line in (tmp_path / run / "log.jsonl").open()]
+                   for run in ("plain", "fast"))
+    assert len(plain) == len(fast) == 3
+    assert np.allclose(plain, fast, rtol=1e-3, atol=1e-5)
+
+
+def test_device_faces_match_the_folder_items(blobs):
+    from flipnet.training.data import DeviceFaces
+
+    with pytest.warns(UserWarning):
+        faces = FaceFolder(blobs, 16, progress=False)
+    held = DeviceFaces(faces, "cpu")
+    assert len(held) == len(faces)
+    for key in (0, (3, True), (5, False)):
+        assert torch.allclose(held[key], faces[key], atol=1e-6)

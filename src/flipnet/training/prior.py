@@ -26,7 +26,7 @@ from flipnet.models.autoencoder import FaceAutoencoder, load_autoencoder
 from flipnet.models.prior import save_prior
 from flipnet.models.prior_types import PriorConfig
 from flipnet.models.unet import UNet, count_parameters
-from flipnet.training.data import FaceFolder, LatentFaces, ShuffleFlipSampler
+from flipnet.training.data import DeviceFaces, FaceFolder, LatentFaces, ShuffleFlipSampler
 from flipnet.training.harness import (
     EMA,
     TrainingRun,
@@ -42,7 +42,7 @@ from flipnet.viz import save_grid
 # settings that may change between a run and its continuation without changing the result
 RESUME_HARMLESS = ("resume", "max_minutes", "steps", "threads", "num_workers", "log_every",
                    "sample_every", "sample_count", "sample_steps", "save_every",
-                   "keep_checkpoints")
+                   "keep_checkpoints", "channels_last", "compile", "data_on_device")
 
 
 def _h(text: str) -> dict:
@@ -84,6 +84,12 @@ class PriorTrainConfig:
     loss_weighting: Literal["none", "min_snr"] = field(default="none", metadata=_h(
         "none | min_snr (Min-SNR-gamma weighting, Hang et al. 2023)"))
     min_snr_gamma: float = field(default=5.0, metadata=_h("gamma of min_snr"))
+    channels_last: bool = field(default=False, metadata=_h(
+        "channels-last memory format for the UNet and its inputs (faster convolutions)"))
+    compile: bool = field(default=False, metadata=_h(
+        "torch.compile the UNet in place (nn.Module.compile: weight names unchanged)"))
+    data_on_device: bool = field(default=False, metadata=_h(
+        "hold the whole training set (pixels or latents) on the device: no copy per step"))
     resume: bool = field(default=False, metadata=_h(
         "continue even if settings differ from the saved run (a rerun with the same settings "
         "continues from the newest checkpoint without it)"))
@@ -139,12 +145,18 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     if autoencoder:
         dataset = LatentFaces(dataset, autoencoder, cache=Path(cfg.out_dir) / "latents.safetensors",
                               flips=cfg.hflip, progress=run.main)
+    if cfg.data_on_device:
+        dataset = DeviceFaces(dataset, device)
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} images, fewer than one batch "
                            f"({cfg.batch_size})")
     sampler = ShuffleFlipSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
     loader = make_loader(dataset, sampler, cfg.batch_size, num_workers=cfg.num_workers)
     model = UNet(cfg.prior.unet)
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory)
+    if cfg.compile:
+        model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt, loader = accelerator.prepare(model, opt, loader)
     ema = EMA(accelerator.unwrap_model(model), decay=cfg.ema_decay)
@@ -174,7 +186,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
                 t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=device,
                                   generator=noise_gen)
                 noise = torch.randn(x0.shape, device=device, generator=noise_gen)
-                xt = schedule.q_sample(x0, t, noise)
+                xt = schedule.q_sample(x0, t, noise).contiguous(memory_format=memory)
                 error = (model(xt, t).float() - schedule.training_target(x0, t, noise)) ** 2
                 if cfg.loss_weighting == "min_snr":
                     error = error * schedule.min_snr_weight(t, error, gamma=cfg.min_snr_gamma)
