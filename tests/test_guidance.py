@@ -24,7 +24,8 @@ def _dummy_prior(size=32, std=0.5):
         x0 = abar.sqrt() * std ** 2 / (abar * std ** 2 + 1 - abar) * x
         return schedule.predict_eps(x, int(t[0]), x0)
 
-    return SimpleNamespace(schedule=sched_cfg, image_size=size, model_fn=model_fn)
+    return SimpleNamespace(schedule=sched_cfg, image_size=size, model_fn=model_fn, factor=1,
+                           clip_x0=True, encode=lambda x: x, decode=lambda z: z)  # a pixel prior
 
 
 def test_lowpass_keeps_flat_and_removes_detail():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from flipnet.diffusion.guidance import make_lowpass_edit, scaled_factor
+from flipnet.diffusion.guidance import latent_factor, make_lowpass_edit, scaled_factor
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import randn_like, sample_ddpm
 from flipnet.diffusion.schedules import make_schedule
@@ -48,7 +48,9 @@ def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
     """Diffuse y (N, 3, H, W) in [-1, 1] to t0 and sample back with low-pass guidance toward y.
     Works at the prior's resolution; y is resized to it and the result resized back (or, with
     ``keep_reference_detail``, only the prior's change is upsampled and added to y). Image k
-    draws its noise from seed + indices[k] (default first_index + k), whatever the batch."""
+    draws its noise from seed + indices[k] (default first_index + k), whatever the batch.
+    A latent prior (``prior.encode``/``decode``, ``factor``, ``clip_x0``) samples the reference's
+    latents with the latent factor round(N / f) and no x0 clipping, then decodes."""
     schedule = make_schedule(prior.schedule)
     size = prior.image_size
     h, w = y.shape[-2:]
@@ -57,10 +59,13 @@ def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
     indices = list(range(first_index, first_index + len(y))) if indices is None else indices
     gens = [torch.Generator().manual_seed(cfg.seed + i) for i in indices]
     ts = sampling_timesteps(schedule.num_timesteps, str(cfg.respaced_steps), start_index=cfg.t0)
-    factor = cfg.factor or scaled_factor(16, 512, size)
-    xt = schedule.q_sample(ys, ts[0], randn_like(ys, gens))
-    edit = make_lowpass_edit(ys, schedule, ts, factor=factor, tau=cfg.tau, generator=gens)
-    x0 = sample_ddpm(prior.model_fn, xt, schedule, ts, generator=gens, edit=edit)
+    # a latent prior works on the reference's latents: its factor N (image px) becomes N / f
+    factor = latent_factor(cfg.factor or scaled_factor(16, 512, size), prior.factor)
+    z_ref = prior.encode(ys)  # identity for a pixel prior
+    zt = schedule.q_sample(z_ref, ts[0], randn_like(z_ref, gens))
+    edit = make_lowpass_edit(z_ref, schedule, ts, factor=factor, tau=cfg.tau, generator=gens)
+    x0 = prior.decode(sample_ddpm(prior.model_fn, zt, schedule, ts, generator=gens, edit=edit,
+                                  clip_x0=prior.clip_x0))  # (N, 3, size, size)
     if (h, w) != (size, size):
         up = F.interpolate(x0, size=(h, w), mode="bicubic", align_corners=False)
         if cfg.keep_reference_detail:  # y + up(x0 - down(y)): the prior edits its own band only
