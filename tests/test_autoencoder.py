@@ -204,3 +204,23 @@ def test_resume_is_exact_with_posterior_noise_and_the_gan(faces, tmp_path):
     assert name_a == name_b == "step-0000004"
     for a, b in ((model_a, model_b), (disc_a, disc_b), (ema_a, ema_b)):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_decoder_only_fine_tuning_keeps_the_latents(faces, tmp_path):
+    kw = {"steps": 6, "sample_every": 0, "save_every": 6, "eval_count": 0}
+    first = train_autoencoder(_train_cfg(faces, tmp_path / "first", **kw))
+    with pytest.raises(FlipnetError, match="needs init_from"):
+        train_autoencoder(_train_cfg(faces, tmp_path / "bad", train_encoder=False, **kw))
+    second = train_autoencoder(_train_cfg(faces, tmp_path / "second", init_from=str(first),
+                                          train_encoder=False, **kw))
+    a, cfg_a = load_autoencoder(first)
+    b, cfg_b = load_autoencoder(second)
+    enc_a, enc_b = a.encoder.state_dict(), b.encoder.state_dict()
+    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)  # the same latents
+    assert (cfg_b.latent_shift, cfg_b.latent_scale) == (cfg_a.latent_shift, cfg_a.latent_scale)
+    dec_a, dec_b = a.decoder.state_dict(), b.decoder.state_dict()
+    assert any(not torch.equal(dec_a[k], dec_b[k]) for k in dec_a)  # the decoder learned
+    other = dataclasses.replace(TINY, latent_channels=2)
+    with pytest.raises(FlipnetError, match="architecture differs"):
+        train_autoencoder(_train_cfg(faces, tmp_path / "arch", init_from=str(first),
+                                     autoencoder=other, **kw))

@@ -189,6 +189,11 @@ def test_latent_prior_trains_on_cached_latents_and_exports_a_pixel_sampler(blobs
         next(autoencoder.parameters()).add_(0.5)
     changed = LatentFaces(faces_ds, autoencoder, cache=cache, progress=False)
     assert not torch.allclose(changed.latents.float(), cached.latents.float())
+    written = cache.stat().st_mtime_ns
+    with torch.no_grad():  # a decoder fine-tuned later (train_encoder = false) keeps the cache
+        next(autoencoder.decoder.parameters()).add_(0.5)
+    LatentFaces(faces_ds, autoencoder, cache=cache, progress=False)
+    assert cache.stat().st_mtime_ns == written
 
 
 def test_latent_prior_refuses_a_mismatched_autoencoder(blobs, tmp_path):
@@ -222,3 +227,18 @@ def test_device_faces_match_the_folder_items(blobs):
     assert len(held) == len(faces)
     for key in (0, (3, True), (5, False)):
         assert torch.allclose(held[key], faces[key], atol=1e-6)
+
+
+def test_init_from_an_export_starts_at_its_weights(blobs, tmp_path):
+    with pytest.warns(UserWarning):
+        first = train_prior(_cfg(blobs, tmp_path / "first"))
+    start = load_prior(first).model.state_dict()
+    with pytest.warns(UserWarning):  # no steps: the export is the starting point itself
+        second = train_prior(_cfg(blobs, tmp_path / "second", init_from=str(first), steps=0))
+    again = load_prior(second).model.state_dict()
+    assert all(torch.equal(start[k], again[k]) for k in start)
+    assert f"started from `{first}`" in (second / "MODEL_CARD.md").read_text()
+    wider = dataclasses.replace(TINY_PRIOR, unet=dataclasses.replace(TINY_PRIOR.unet,
+                                                                      model_channels=8))
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="differs"):
+        train_prior(_cfg(blobs, tmp_path / "bad", init_from=str(first), prior=wider))

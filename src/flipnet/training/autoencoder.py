@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flipnet.errors import FlipnetError
+from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import to_tensor, to_uint8, write_bytes_atomic
 from flipnet.models.autoencoder import (
     AutoencoderConfig,
     FaceAutoencoder,
     count_parameters,
     kl_divergence,
+    load_autoencoder,
     save_autoencoder,
 )
 from flipnet.models.discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -122,6 +123,11 @@ class AutoencoderTrainConfig:
     stats_count: int = field(default=2000, metadata=_h("training faces whose latents give the "
                                                        "per-channel shift / scale at export"))
     eval_count: int = field(default=100, metadata=_h("test-split faces for the final check"))
+    init_from: str | None = field(default=None, metadata=_h(
+        "start from this exported autoencoder folder (same architecture)"))
+    train_encoder: bool = field(default=True, metadata=_h(
+        "False: freeze the encoder and train the decoder only, so the latents (and a latent "
+        "prior trained on them) stay valid; the export keeps init_from's latent statistics"))
 
 
 def _lr_at(cfg: AutoencoderTrainConfig, step: int) -> float:
@@ -264,8 +270,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
     sampler = ShuffleFlipSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
     loader = make_loader(dataset, sampler, cfg.batch_size, num_workers=cfg.num_workers)
     # models, optimizers, EMA
-    model = FaceAutoencoder(cfg.autoencoder)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.9))
+    model, start_cfg = _initial_autoencoder(cfg)
+    trained = model.parameters() if cfg.train_encoder else model.decoder.parameters()
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.9))
     use_gan = cfg.gan_weight > 0
     if use_gan:
         disc = PatchDiscriminator(cfg.discriminator)
@@ -341,7 +348,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
     def write_autoencoder(tmp: Path) -> str:
         ema.copy_to(sample_model)
         stats_pixels = dataset.pixels[:cfg.stats_count]
-        shift, scale = latent_stats(sample_model, stats_pixels, progress=run.main)
+        if cfg.train_encoder or start_cfg is None or start_cfg.latent_shift is None:
+            shift, scale = latent_stats(sample_model, stats_pixels, progress=run.main)
+        else:  # the frozen encoder makes the same latents: keep the normalisation exactly
+            shift, scale = start_cfg.latent_shift, start_cfg.latent_scale
         exported = dataclasses.replace(cfg.autoencoder, latent_shift=shift, latent_scale=scale)
         final = FaceAutoencoder(exported).to(device).eval()  # the same weights, with the stats
         final.load_state_dict(sample_model.state_dict())
@@ -355,6 +365,27 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
                            evaluation=evaluation, command=command)
 
     return run.export(write_autoencoder)
+
+
+def _initial_autoencoder(cfg: AutoencoderTrainConfig
+                         ) -> tuple[FaceAutoencoder, AutoencoderConfig | None]:
+    """The model a run starts from (fresh, or ``init_from``'s weights) and the starting
+    folder's config (None when fresh); the encoder is frozen when ``train_encoder`` is False."""
+    model = FaceAutoencoder(cfg.autoencoder)
+    start_cfg = None
+    if cfg.init_from:
+        start, start_cfg = load_autoencoder(cfg.init_from)
+        unnormalised = dataclasses.replace(start_cfg, latent_shift=None, latent_scale=None)
+        if unnormalised != dataclasses.replace(cfg.autoencoder, latent_shift=None,
+                                               latent_scale=None):
+            raise ConfigError(f"{cfg.init_from}: its architecture differs from this run's "
+                              "autoencoder config")
+        model.load_state_dict(start.state_dict())
+    elif not cfg.train_encoder:
+        raise ConfigError("train_encoder = false needs init_from (a trained encoder to keep)")
+    if not cfg.train_encoder:
+        model.encoder.requires_grad_(False)
+    return model, start_cfg
 
 
 def _export_check(tmp: Path, model: FaceAutoencoder, cfg: AutoencoderTrainConfig) -> dict | None:

@@ -146,7 +146,8 @@ def _latent_cache_key(faces: FaceFolder, autoencoder: torch.nn.Module) -> str:
     for p in faces.paths:
         h.update(str(p).encode())
     h.update(str(faces.size).encode())
-    for tensor in autoencoder.state_dict().values():  # the weights, not only the config
+    # the encoder's weights, not only the config: a decoder fine-tuned later keeps the cache
+    for tensor in autoencoder.encoder.state_dict().values():
         h.update(tensor.detach().float().sum().numpy().tobytes())
     return h.hexdigest()
 

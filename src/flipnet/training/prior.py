@@ -21,9 +21,9 @@ import torch
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import sample_ddim
 from flipnet.diffusion.schedules import make_schedule
-from flipnet.errors import FlipnetError
+from flipnet.errors import ConfigError, FlipnetError
 from flipnet.models.autoencoder import FaceAutoencoder, load_autoencoder
-from flipnet.models.prior import save_prior
+from flipnet.models.prior import load_prior, save_prior
 from flipnet.models.prior_types import PriorConfig
 from flipnet.models.unet import UNet, count_parameters
 from flipnet.training.data import DeviceFaces, FaceFolder, LatentFaces, ShuffleFlipSampler
@@ -93,6 +93,9 @@ class PriorTrainConfig:
     resume: bool = field(default=False, metadata=_h(
         "continue even if settings differ from the saved run (a rerun with the same settings "
         "continues from the newest checkpoint without it)"))
+    init_from: str | None = field(default=None, metadata=_h(
+        "start from this exported prior folder (its EMA weights; same UNet, schedule and "
+        "encoder): the warm start on a machine without the run's checkpoints"))
 
 
 def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n_params: int,
@@ -113,7 +116,9 @@ def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n
             f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
             f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads; "
             "the autoencoder's are in its own card)\n"
-            f"- final loss: {progress.last_loss:.4f}\n- weights: EMA, fp16 safetensors\n"
+            + (f"- started from `{cfg.init_from}` (its CPU-hours are in its own card)\n"
+               if cfg.init_from else "")
+            + f"- final loss: {progress.last_loss:.4f}\n- weights: EMA, fp16 safetensors\n"
             "- terms: trained on UTKFace-derived crops: non-commercial research use only.\n")
 
 
@@ -130,6 +135,26 @@ def _frozen_autoencoder(cfg: PriorTrainConfig, device) -> FaceAutoencoder:
                            f"{ae_cfg.image_size // ae_cfg.factor} px latents, but the prior's UNet "
                            f"image_size is {unet.image_size}")
     return autoencoder.eval().requires_grad_(False)
+
+
+def _start_weights(cfg: PriorTrainConfig, autoencoder: FaceAutoencoder | None) -> dict:
+    """The UNet weights of ``init_from``, checked to be the same UNet, schedule and latents."""
+    start = load_prior(cfg.init_from)
+    if start.config != cfg.prior:
+        raise ConfigError(f"{cfg.init_from}: its UNet or schedule differs from this run's prior "
+                          "config")
+    if (start.autoencoder is None) != (autoencoder is None):
+        raise ConfigError(f"{cfg.init_from}: a {'pixel' if start.autoencoder is None else 'latent'}"
+                          " prior, but this run trains a "
+                          f"{'pixel' if autoencoder is None else 'latent'} prior")
+    if autoencoder is not None:
+        ours, theirs = autoencoder.encoder.state_dict(), start.autoencoder.encoder.state_dict()
+        same = all(torch.allclose(ours[k].float(), theirs[k].float().to(ours[k].device),
+                                  atol=1e-3) for k in ours)
+        if not same or start.autoencoder.config != autoencoder.config:
+            raise ConfigError(f"{cfg.init_from}: its autoencoder makes other latents than "
+                              f"`{cfg.autoencoder}`")
+    return start.model.state_dict()
 
 
 def train_prior(cfg: PriorTrainConfig) -> Path:
@@ -153,6 +178,8 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     sampler = ShuffleFlipSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
     loader = make_loader(dataset, sampler, cfg.batch_size, num_workers=cfg.num_workers)
     model = UNet(cfg.prior.unet)
+    if cfg.init_from:
+        model.load_state_dict(_start_weights(cfg, autoencoder))
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory)
     if cfg.compile:
