@@ -16,7 +16,10 @@ starts from the known image diffused to that fraction of the schedule, DifFace-s
 the folder's ``config.start``). ``phi`` is passed with every network call, never
 set on the shared modules, so threads sampling one network with different fidelities do not
 disturb each other. The known image's face tokens are computed once per run, not per step.
-``net`` is a ``flipnet.models.flipnet.FlipNet`` (duck-typed: ``prior_config``, ``config.phi``,
+On a latent prior both streams are the autoencoder's latents (``net.encode``; the face tokens
+still read the pixels) and the result is ``net.decode``d.
+``net`` is a ``flipnet.models.flipnet.FlipNet`` (duck-typed: ``prior_config``, ``image_size``,
+``factor``, ``encode``/``decode``, ``config.phi``,
 ``config.condition_t``, ``config.start``, ``context`` and the two-stream call with ``t_cond``,
 ``context_tokens`` and ``phi``). Used by
 ``pipelines.flipnet_method`` (the FaceMethod) and ``training.flipnet`` (sample grids).
@@ -57,10 +60,11 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
     if not 0.0 < start <= 1.0:
         raise ConfigError(f"start must be in (0, 1], got {start}")
     schedule = make_schedule(net.prior_config.schedule)
-    size, (h, w) = net.prior_config.unet.image_size, known.shape[-2:]
+    size, (h, w) = net.image_size, known.shape[-2:]
     device = next(net.parameters()).device
     # the model-size input, shrunk as training's LQ was (``degradations.model_lq``)
-    cond = to_model_size(known.float(), size).to(device)  # (N, 3, S, S)
+    image = to_model_size(known.float(), size).to(device)  # (N, 3, S, S)
+    cond = net.encode(image)  # the condition stream's content: (N, C, h, w)
     indices = list(range(len(cond))) if indices is None else indices
     gens = [torch.Generator().manual_seed(seed + i) for i in indices]
     cond_noise = randn_like(cond, gens)  # fixed for the whole run
@@ -71,17 +75,18 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
     if first < steps - 1:  # start from the known image diffused to ts[0]
         x = schedule.q_sample(cond, ts[0], x)
 
-    tokens = net.context(cond, mode)  # (N, S, D) or None: once per image, not per step
+    tokens = net.context(image, mode)  # (N, S, D) or None: once per image, not per step
 
     def model_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t_cond = condition_timesteps(t, net.config.condition_t)  # same t, or the fixed one
         xc = schedule.q_sample(cond, t_cond, cond_noise)  # the condition stream
         return net(xt, xc, t, t_cond=t_cond, mode=mode, context_tokens=tokens, phi=phi)[0]
 
-    kwargs = {"progress": progress}
+    # latents are not bounded to [-1, 1]: only a pixel prior's x0 is clipped
+    kwargs = {"progress": progress, "clip_x0": net.factor == 1}
     if sampler == "ddpm":
         kwargs["generator"] = gens
-    x0 = SAMPLERS[sampler](model_fn, x, schedule, ts, **kwargs)
+    x0 = net.decode(SAMPLERS[sampler](model_fn, x, schedule, ts, **kwargs))
     return _resize(x0, (h, w)).clamp(-1, 1)
 
 

@@ -127,10 +127,15 @@ class FlipNet(nn.Module):
 
     def __init__(self, cfg: FlipNetConfig, prior_cfg: PriorConfig, *,
                  prior_state: dict[str, torch.Tensor] | None = None,
-                 embedder_state: dict[str, torch.Tensor] | None = None, where: str = "prior"):
+                 embedder_state: dict[str, torch.Tensor] | None = None, where: str = "prior",
+                 autoencoder: nn.Module | None = None):
         super().__init__()
         _check_config(cfg, prior_cfg)
         self.config, self.prior_config = cfg, prior_cfg
+        # a latent prior's autoencoder (frozen, loaded with the prior, never saved): both
+        # streams are its latents, the face embedding still reads pixels
+        self.autoencoder = (None if autoencoder is None
+                            else autoencoder.eval().requires_grad_(False))
         dim = cfg.embedding.dim if cfg.use_embedding else None
         self.unet = UNet(dataclasses.replace(prior_cfg.unet, cross_attention_dim=dim))
         prior_keys = set(UNet(prior_cfg.unet).state_dict())
@@ -161,6 +166,26 @@ class FlipNet(nn.Module):
             emb_dim = 4 * prior_cfg.unet.model_channels  # the UNet's time-embedding width
             self.mode_embedding = nn.Embedding(len(MODES), emb_dim)
             nn.init.zeros_(self.mode_embedding.weight)
+
+    @property
+    def factor(self) -> int:
+        """Image pixels per stream pixel: the autoencoder's factor, 1 on a pixel prior."""
+        return 1 if self.autoencoder is None else int(self.autoencoder.config.factor)
+
+    @property
+    def image_size(self) -> int:
+        """The face size (pixels) FLIPNET works at: the prior UNet's size x ``factor``."""
+        return self.prior_config.unet.image_size * self.factor
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Faces (B, 3, S, S) in [-1, 1] -> what the streams carry (latents on a latent prior)."""
+        return x if self.autoencoder is None else self.autoencoder.encode(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """A stream's content -> faces (B, 3, S, S) in [-1, 1] (the inverse of ``encode``)."""
+        return z if self.autoencoder is None else self.autoencoder.decode(z)
 
     def _load_prior(self, state: dict, prior_keys: set[str], where: str) -> None:
         """Strict on the prior's keys; only the new cross-attention layers may be missing."""
@@ -193,7 +218,8 @@ class FlipNet(nn.Module):
                 context_image: torch.Tensor | None = None,
                 context_tokens: torch.Tensor | None = None, phi: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) x2, t (B,) -> (pred_target, pred_condition), each (B, 3, H, W).
+        """(B, C, h, w) x2, t (B,) -> (pred_target, pred_condition), each (B, C, h, w): images
+        on a pixel prior, latents (``encode``) on a latent prior.
 
         ``t_cond`` (B,): the condition stream's timesteps (default
         ``condition_timesteps(t, config.condition_t)``: the caller diffuses the condition image
@@ -237,7 +263,8 @@ class FlipNet(nn.Module):
         """Everything FLIPNET adds to the prior (adapters, BoostHubs, injections, attn2, mode
         embedding, embedder encoders)."""
         return {k: v for k, v in self.state_dict().items()
-                if not (k.startswith("unet.") and k[len("unet."):] in self.frozen_keys)}
+                if not (k.startswith("unet.") and k[len("unet."):] in self.frozen_keys)
+                and not k.startswith("autoencoder.")}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates (the prior and the embedder stay frozen)."""
@@ -259,9 +286,6 @@ def _hostable(p: Prior) -> Prior:
         raise WeightsError(f"{p.source}: FLIPNET needs a prior whose architecture is known: a "
                            "flipnet prior folder or a guided-diffusion checkpoint (not a "
                            f"{p.kind} prior)")
-    if p.autoencoder is not None:
-        raise WeightsError(f"{p.source}: FLIPNET runs on pixel-space priors only for now (this is "
-                           "a latent prior with an autoencoder)")
     return p
 
 
@@ -288,7 +312,7 @@ def build_flipnet(cfg: FlipNetConfig, *, prior: str | os.PathLike | Prior | None
             raise ConfigError(f"{embedder}: embedder config differs from FlipNetConfig.embedding")
         emb_state = emb.state_dict()
     net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), embedder_state=emb_state,
-                  where=str(p.source))
+                  where=str(p.source), autoencoder=p.autoencoder)
     return net.to(device)
 
 
@@ -320,7 +344,8 @@ def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None =
         raise WeightsError(f"{folder}: not a FLIPNET weights folder (no config.json)")
     cfg = load_flipnet_config(folder)
     p = _hostable(load_prior(prior or resolve_prior(folder, cfg.prior), flags=cfg.prior_flags))
-    net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), where=str(p.source))
+    net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), where=str(p.source),
+                  autoencoder=p.autoencoder)
     state, own = load_state_dict(folder), net.adapter_state_dict()
     diff = sorted(set(state) ^ set(own))
     bad = [k for k in set(state) & set(own) if state[k].shape != own[k].shape]

@@ -128,13 +128,18 @@ class FlipNetTrainConfig:
 
 def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
               generator: torch.Generator, *, condition_t: int | None = None,
-              condition_loss: bool = True) -> torch.Tensor:
+              condition_loss: bool = True, encode=None) -> torch.Tensor:
     """One mode's loss: MSE(target) [+ MSE(condition)], two noises; the condition stream at the
     target's t, or at ``condition_t`` for every sample (``FlipNetConfig.condition_t``).
 
     Draws t, then the HQ noise, then the LQ noise from ``generator``. ``net`` is called
     (``net(x_target_t, x_cond_t, t, t_cond=, mode=, context_image=)``), never a method of it, so
-    a DDP-wrapped FLIPNET syncs its gradients across processes."""
+    a DDP-wrapped FLIPNET syncs its gradients across processes. ``encode`` (a latent prior:
+    ``FlipNet.encode``) turns the faces into the streams' latents; the face tokens still read
+    the faces."""
+    images = {"hq": hq, "lq": lq}
+    if encode is not None:
+        hq, lq = encode(hq), encode(lq)
     t = torch.randint(0, schedule.num_timesteps, (hq.shape[0],), generator=generator,
                       device=generator.device).to(hq.device)
     noise_hq = torch.randn(hq.shape, generator=generator, device=generator.device).to(hq.device)
@@ -145,9 +150,11 @@ def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, 
     t_hq, t_lq = (t, t_cond) if mode == "restore" else (t_cond, t)
     xt_hq, xt_lq = schedule.q_sample(hq, t_hq, noise_hq), schedule.q_sample(lq, t_lq, noise_lq)
     if mode == "restore":
-        pred_hq, pred_lq = net(xt_hq, xt_lq, t, t_cond=t_cond, mode=mode, context_image=lq)
+        pred_hq, pred_lq = net(xt_hq, xt_lq, t, t_cond=t_cond, mode=mode,
+                               context_image=images["lq"])
     else:
-        pred_lq, pred_hq = net(xt_lq, xt_hq, t, t_cond=t_cond, mode=mode, context_image=hq)
+        pred_lq, pred_hq = net(xt_lq, xt_hq, t, t_cond=t_cond, mode=mode,
+                               context_image=images["hq"])
     loss_hq = F.mse_loss(pred_hq.float(), schedule.training_target(hq, t_hq, noise_hq))
     loss_lq = F.mse_loss(pred_lq.float(), schedule.training_target(lq, t_lq, noise_lq))
     if not condition_loss:
@@ -227,7 +234,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     if cfg.init_from:  # its embedder encoders are part of the adapter state
         _init_adapters(net, cfg)
     _check_trainable(cfg, net)
-    size = net.prior_config.unet.image_size
+    size = net.image_size  # of the faces (a latent prior's streams are smaller)
     schedule = make_schedule(net.prior_config.schedule)
     if cfg.restore_pairs_dir:
         restore_data, restore_where = (PairFolder(cfg.restore_pairs_dir, size, progress=run.main),
@@ -271,7 +278,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                   ncol=len(fixed_lq))
 
     gen = torch.Generator(device=device)
-    loss_kw = {"condition_t": cfg.flipnet.condition_t, "condition_loss": condition_loss_on(cfg)}
+    loss_kw = {"condition_t": cfg.flipnet.condition_t, "condition_loss": condition_loss_on(cfg),
+               "encode": None if sample_net.factor == 1 else sample_net.encode}
     for step in run.steps(cfg.steps, desc="flipnet", save_samples=save_samples,
                           sample_at_end=True):
         lr = set_lr(opt, warmup_lr(cfg.lr, step, cfg.warmup_steps))

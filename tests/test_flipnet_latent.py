@@ -1,0 +1,130 @@
+"""FLIPNET on a latent prior (issue 18: everything that uses a prior works on latent priors too):
+both streams are the autoencoder's latents, the face tokens read pixels, results are decoded;
+the autoencoder is the prior's, never part of a FLIPNET folder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from tests.test_latent_prior import TINY_LATENT, UnshuffleAutoencoder, _latent_parts
+from tests.tiny_flipnet import TINY_EMB, one_thread  # noqa: F401  (the fixture)
+
+from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
+from flipnet.diffusion.schedules import make_schedule
+from flipnet.io import save_image
+from flipnet.models.flipnet import (
+    FlipNet,
+    FlipNetConfig,
+    build_flipnet,
+    load_flipnet,
+    save_flipnet,
+)
+from flipnet.models.prior import save_prior
+from flipnet.models.unet import UNet
+from flipnet.training.flipnet import FlipNetTrainConfig, mode_loss, train_flipnet
+
+
+@pytest.fixture(scope="module")
+def latent_prior(tmp_path_factory):
+    unet, ae = _latent_parts()
+    return save_prior(tmp_path_factory.mktemp("latent") / "prior", unet, TINY_LATENT,
+                      autoencoder=ae)
+
+
+def _cfg(prior) -> FlipNetConfig:
+    return FlipNetConfig(prior=str(prior), embedding=TINY_EMB, lora_rank=2, lora_alpha=2.0)
+
+
+def _randomise_adapters(net, scale: float = 0.1) -> None:
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in net.trainable_parameters():
+            p.copy_((torch.randn(p.shape, generator=g) * scale).half().float())
+
+
+def test_latent_flipnet_works_in_pixels_and_saves_no_autoencoder(latent_prior, tmp_path):
+    net = build_flipnet(_cfg(latent_prior)).eval()
+    assert (net.factor, net.image_size) == (2, 16)
+    lq = torch.rand(2, 3, 24, 24) * 2 - 1
+    z = net.encode(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert z.shape == (2, 4, 8, 8)
+    _randomise_adapters(net)
+    restored = flipnet_restore(net, lq, steps=3)
+    degraded = flipnet_degrade(net, lq, steps=3)
+    assert restored.shape == degraded.shape == (2, 3, 24, 24)  # back at the input's size
+    assert not torch.allclose(restored, degraded)
+    folder = save_flipnet(tmp_path / "fn", net)
+    assert not any(k.startswith("autoencoder.") for k in net.adapter_state_dict())
+    again = load_flipnet(folder, prior=latent_prior)
+    assert again.autoencoder is not None
+    assert torch.allclose(flipnet_restore(again, lq, steps=3), restored, atol=1e-5)
+
+
+def test_restoration_on_a_latent_prior_depends_on_its_input():
+    # an exactly invertible stand-in autoencoder (latents = pixel patches), so the decoder
+    # does not hide what the latents carry
+    unet_cfg = dataclasses.replace(TINY_LATENT.unet, in_channels=12, out_channels=12)
+    torch.manual_seed(3)
+    unet = UNet(unet_cfg)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.05)
+    prior_cfg = dataclasses.replace(TINY_LATENT, unet=unet_cfg)
+    net = FlipNet(FlipNetConfig(embedding=TINY_EMB, lora_rank=2), prior_cfg,
+                  prior_state=unet.state_dict(), autoencoder=UnshuffleAutoencoder(2, 16)).eval()
+    assert net.image_size == 16
+    _randomise_adapters(net, scale=0.3)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 1, 3, 16, 16, generator=g) * 2 - 1
+    out_a = flipnet_restore(net, a, steps=3, seed=7)
+    out_b = flipnet_restore(net, b, steps=3, seed=7)
+    # same seed, different LQ: different outputs (far above float noise) once the adapters
+    # carry the condition; a fresh FLIPNET is the prior and does not read it at all
+    assert (out_a - out_b).abs().mean() > 1e-4
+    fresh = FlipNet(FlipNetConfig(embedding=TINY_EMB, lora_rank=2), prior_cfg,
+                    prior_state=unet.state_dict(), autoencoder=UnshuffleAutoencoder(2, 16)).eval()
+    assert torch.equal(flipnet_restore(fresh, a, steps=3, seed=7),  # a fresh FLIPNET is the
+                       flipnet_restore(fresh, b, steps=3, seed=7))  # prior: input unused
+
+
+def test_mode_loss_runs_the_streams_on_latents(latent_prior):
+    net = build_flipnet(_cfg(latent_prior))
+    seen = []
+    net.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    schedule = make_schedule(TINY_LATENT.schedule)
+    hq, lq = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    loss = mode_loss(net, schedule, hq, lq, "restore", torch.Generator().manual_seed(1),
+                     encode=net.encode)
+    loss.backward()
+    assert seen == [torch.Size([4, 4, 8, 8])]  # target + condition latents, one batch
+    assert torch.isfinite(loss) and any(p.grad is not None for p in net.trainable_parameters())
+
+
+def test_training_on_a_latent_prior_exports_a_folder_that_loads(latent_prior, tmp_path):
+    from flipnet.models.face_embedding import FaceEmbedder, save_face_embedder
+    from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
+
+    torch.manual_seed(2)
+    save_face_embedder(tmp_path / "embedder", FaceEmbedder(TINY_EMB))
+    small = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
+                           dec_blocks=(1, 1))
+    save_restorer(tmp_path / "restorer", Restorer(small), small)
+    rng = np.random.default_rng(0)
+    for folder in ("hq", "real_lq"):
+        for i in range(6):
+            save_image(tmp_path / folder / f"f{i}.png",
+                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    cfg = FlipNetTrainConfig(
+        data_dir=str(tmp_path / "hq"), split="all", real_lq_dir=str(tmp_path / "real_lq"),
+        pairs_dir=str(tmp_path / "pairs"), pseudo_restorer=str(tmp_path / "restorer"),
+        out_dir=str(tmp_path / "run"), embedder=str(tmp_path / "embedder"), presets=("gfpgan",),
+        crop_size=32, flipnet=_cfg(latent_prior), batch_size=2, lr=1e-3, warmup_steps=1,
+        steps=3, save_every=3, sample_every=3, sample_count=2, sample_steps=2, log_every=1,
+        seed=1, threads=1)
+    folder = train_flipnet(cfg)
+    net = load_flipnet(folder)
+    assert net.autoencoder is not None and net.image_size == 16
+    assert (tmp_path / "run" / "samples").is_dir()
