@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_flipnet import TINY_EMB, TINY_PRIOR, one_thread, tiny_prior  # noqa: F401 (fixture)
+from tiny_flipnet import (  # noqa: F401 (fixture)
+    TINY_EMB,
+    TINY_PRIOR,
+    one_thread,
+    tiny_prior,
+    write_train_inputs,
+)
 
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import make_schedule
@@ -252,22 +258,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def train_setup(tmp_path_factory) -> tuple[Path, FlipNetTrainConfig]:
     """A tiny prior (non-zero output layer), embedder, restorer and 6 + 6 faces; a 4-step config."""
-    from flipnet.io import save_image
     from flipnet.models.face_embedding import FaceEmbedder, save_face_embedder
-    from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 
     root = tmp_path_factory.mktemp("flipnet-train")
     save_prior(root / "prior", tiny_prior(), TINY_PRIOR)
     torch.manual_seed(2)
     save_face_embedder(root / "embedder", FaceEmbedder(TINY_EMB))
-    tiny_restorer = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
-                                   dec_blocks=(1, 1))
-    save_restorer(root / "restorer", Restorer(tiny_restorer), tiny_restorer)
-    rng = np.random.default_rng(0)
-    for folder in ("hq", "real_lq"):
-        for i in range(6):
-            save_image(root / folder / f"f{i}.png",
-                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    write_train_inputs(root)
     cfg = FlipNetTrainConfig(
         data_dir=str(root / "hq"), split="all", real_lq_dir=str(root / "real_lq"),
         pairs_dir=str(root / "pairs"), pseudo_restorer=str(root / "restorer"),

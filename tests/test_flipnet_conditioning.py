@@ -11,10 +11,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from tiny_flipnet import TINY_EMB, TINY_PRIOR, one_thread, tiny_prior  # noqa: F401 (fixture)
+from tiny_flipnet import (  # noqa: F401 (fixture)
+    TINY_EMB,
+    TINY_PRIOR,
+    one_thread,
+    tiny_prior,
+    write_train_inputs,
+)
 
 from flipnet.config import load_config
 from flipnet.diffusion.flipnet_sampling import sample_flipnet
@@ -306,19 +311,10 @@ def test_ablation_configs_change_one_switch_of_the_paper_run(name):
 
 def test_training_records_the_switches_in_the_export(tmp_path):
     """Two steps with every new switch on: the exported folder's config carries them all."""
-    from flipnet.io import save_image
-    from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
     from flipnet.training.flipnet import train_flipnet
 
     save_prior(tmp_path / "prior", tiny_prior(), TINY_PRIOR)
-    tiny = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
-                          dec_blocks=(1, 1))
-    save_restorer(tmp_path / "restorer", Restorer(tiny), tiny)
-    rng = np.random.default_rng(0)
-    for folder in ("hq", "real_lq"):
-        for i in range(2):
-            save_image(tmp_path / folder / f"f{i}.png",
-                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    write_train_inputs(tmp_path, faces=2)
     flip = FlipNetConfig(prior=str(tmp_path / "prior"), embedding=TINY_EMB, lora_rank=2,
                          use_embedding=False, condition_stream="frozen", condition_t=3,
                          injection_resolutions=(16, 8), start=0.6)

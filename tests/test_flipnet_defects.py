@@ -10,10 +10,15 @@ import threading
 import numpy as np
 import pytest
 import torch
-from tiny_flipnet import TINY_EMB, TINY_PRIOR, one_thread, tiny_prior  # noqa: F401 (fixture)
+from tiny_flipnet import (  # noqa: F401 (fixture)
+    TINY_EMB,
+    TINY_PRIOR,
+    one_thread,
+    tiny_prior,
+    write_train_inputs,
+)
 
 from flipnet.diffusion.flipnet_sampling import flipnet_restore, sample_flipnet
-from flipnet.io import save_image
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, save_flipnet
 from flipnet.models.prior import save_prior
 from flipnet.models.unet import UNet
@@ -44,21 +49,13 @@ def _trained_net(prior_name: str, prior: UNet) -> FlipNet:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """prior, a trained-looking FLIPNET folder, a tiny restorer, 6 HQ + 6 real LQ faces."""
-    from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 
     root = tmp_path_factory.mktemp("flipnet-defects")
     prior = tiny_prior(fp16_exact=True)
     save_prior(root / "prior", prior, TINY_PRIOR)
     net = _trained_net("prior", prior)
     save_flipnet(root / "flipnet", net)
-    tiny = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
-                          dec_blocks=(1, 1))
-    save_restorer(root / "restorer", Restorer(tiny), tiny)
-    rng = np.random.default_rng(0)
-    for folder in ("hq", "real_lq"):
-        for i in range(6):
-            save_image(root / folder / f"f{i}.png",
-                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    write_train_inputs(root)
     return root, net
 
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from tests.test_latent_prior import TINY_LATENT, UnshuffleAutoencoder, _latent_parts
-from tests.tiny_flipnet import TINY_EMB, one_thread  # noqa: F401  (the fixture)
+from tests.tiny_flipnet import TINY_EMB, one_thread, write_train_inputs  # noqa: F401
 
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import make_schedule
-from flipnet.io import save_image
 from flipnet.models.flipnet import (
     FlipNet,
     FlipNetConfig,
@@ -105,18 +103,10 @@ def test_mode_loss_runs_the_streams_on_latents(latent_prior):
 
 def test_training_on_a_latent_prior_exports_a_folder_that_loads(latent_prior, tmp_path):
     from flipnet.models.face_embedding import FaceEmbedder, save_face_embedder
-    from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
 
     torch.manual_seed(2)
     save_face_embedder(tmp_path / "embedder", FaceEmbedder(TINY_EMB))
-    small = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
-                           dec_blocks=(1, 1))
-    save_restorer(tmp_path / "restorer", Restorer(small), small)
-    rng = np.random.default_rng(0)
-    for folder in ("hq", "real_lq"):
-        for i in range(6):
-            save_image(tmp_path / folder / f"f{i}.png",
-                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    write_train_inputs(tmp_path)
     cfg = FlipNetTrainConfig(
         data_dir=str(tmp_path / "hq"), split="all", real_lq_dir=str(tmp_path / "real_lq"),
         pairs_dir=str(tmp_path / "pairs"), pseudo_restorer=str(tmp_path / "restorer"),

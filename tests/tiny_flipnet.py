@@ -1,7 +1,11 @@
-"""The tiny prior and face-embedding configs the FLIPNET tests share, and a prior with weights."""
+"""The tiny prior and face-embedding configs the FLIPNET tests share, a prior with weights, and
+the other inputs of a training run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +41,20 @@ def tiny_prior(*, fp16_exact: bool = False) -> UNet:
             else:
                 p.normal_(0, 0.05)
     return prior
+
+
+def write_train_inputs(root: Path, *, faces: int = 6) -> None:
+    """What a FLIPNET training run reads besides the prior and the embedder: a tiny pseudo-HQ
+    restorer (``root/restorer``) and ``faces`` random 16 px faces in ``root/hq`` and
+    ``root/real_lq``."""
+    from flipnet.io import save_image
+    from flipnet.models.restorer import Restorer, RestorerConfig, save_restorer
+
+    tiny = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
+                          dec_blocks=(1, 1))
+    save_restorer(root / "restorer", Restorer(tiny), tiny)
+    rng = np.random.default_rng(0)
+    for folder in ("hq", "real_lq"):
+        for i in range(faces):
+            save_image(root / folder / f"f{i}.png",
+                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
