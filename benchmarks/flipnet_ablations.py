@@ -1,0 +1,179 @@
+"""FLIPNET conditioning ablations (issue 17): train each config at equal CPU minutes, then score
+its restorations on the held-in test split.
+
+For each FLIPNET training config: train it (its ``max_minutes``; skipped when the export exists,
+continued when checkpoints do), after its embedder when that is missing (``--embedder-config``
+whose export is the configs' ``embedder``). Then restore the bench's gfpgan set (the UTKFace test
+split degraded with the size-scaled gfpgan preset, exactly the set ``flipnet bench`` builds in
+``--work``) with ``--steps`` sampler steps and score PSNR, SSIM, identity, LMD, NIQE, BRISQUE and
+FD-lowlevel with the bench's own ``score``, plus the input-use check of issue 17
+(``restoration_uses_input`` on the first 6 faces: correlation of output and LQ differences, and
+RMSE to the own versus the other faces' HQ). The input and the fast restorer are scored as the
+first rows. Writes ``<out>/ablations.json``, ``ablations.md`` and ``grid.png`` (LQ, each row's
+restorations, HQ). With several ``--fidelities`` or ``--steps`` every FLIPNET gets a row per
+setting, and ``fidelity.png`` plots identity against NIQE per fidelity (issue 17's curve; the
+seconds per face column gives the speed per step count).
+
+    python benchmarks/flipnet_ablations.py --configs configs/flipnet-64-ablation-*.json \\
+        --embedder-config configs/flipnet-embedder-64-cpu.json --n 60 --steps 10
+    python benchmarks/flipnet_ablations.py --configs configs/flipnet-64-cpu.json \
+        --fidelities 0,0.25,0.5,0.75,1 --steps 10,50 --out out/flipnet-fidelity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flipnet.config import load_config
+from flipnet.diffusion.flipnet_sampling import flipnet_restore
+from flipnet.faces.identity import IdentityEmbedder
+from flipnet.io import load_image, to_tensor, write_bytes_atomic
+from flipnet.models.flipnet import load_flipnet
+from flipnet.pipelines.bench import BenchConfig, build_sets, score
+from flipnet.pipelines.flipnet_method import restoration_uses_input
+from flipnet.pipelines.methods import make_method, make_method_from_spec
+from flipnet.training.face_embedding import EmbedderTrainConfig, train_face_embedding
+from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
+from flipnet.viz import save_grid
+
+COLUMNS = ("psnr", "ssim", "identity_deg", "lmd", "niqe", "brisque", "fd_lowlevel")
+
+
+def ensure_trained(config: Path, embedder_config: Path | None) -> Path:
+    """The config's exported FLIPNET folder, training it (and its embedder) when missing."""
+    cfg = load_config(FlipNetTrainConfig, config)
+    folder = Path(cfg.out_dir) / "flipnet"
+    if (folder / "config.json").is_file():
+        return folder
+    if cfg.embedder and cfg.flipnet.use_embedding and not Path(cfg.embedder).is_dir():
+        if embedder_config is None:
+            raise SystemExit(f"{config}: its embedder {cfg.embedder} is missing; pass "
+                             "--embedder-config")
+        ecfg = load_config(EmbedderTrainConfig, embedder_config)
+        if Path(ecfg.out_dir) / "embedder" != Path(cfg.embedder):
+            raise SystemExit(f"{embedder_config} exports {ecfg.out_dir}/embedder, but {config} "
+                             f"reads {cfg.embedder}")
+        train_face_embedding(ecfg)
+    return train_flipnet(cfg)
+
+
+def card_minutes(folder: Path) -> float | None:
+    """Training wall minutes from a FLIPNET folder's train_config.json-side log, if present."""
+    log = folder.parent / "log.jsonl"
+    if not log.is_file():
+        return None
+    walls = [json.loads(line).get("wall_s") for line in log.read_text().splitlines()
+             if line.strip()]
+    walls = [w for w in walls if w is not None]
+    return round(max(walls) / 60, 1) if walls else None
+
+
+def plot_fidelity(curve: dict[str, list[dict]], png: Path) -> Path:
+    """Identity angle against NIQE, one line per FLIPNET, each point labelled by fidelity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, rows in curve.items():
+        ax.plot([r["niqe"] for r in rows], [r["identity_deg"] for r in rows], "o-", label=name)
+        for r in rows:
+            ax.annotate(f"{r['fidelity']:g}", (r["niqe"], r["identity_deg"]), fontsize=8)
+    ax.set_xlabel("NIQE (lower = more natural)")
+    ax.set_ylabel("identity angle to HQ (deg, lower = closer)")
+    ax.set_title("FLIPNET --fidelity: identity vs NIQE")
+    ax.legend(fontsize=8)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def main() -> None:
+    """Train what is missing, score every row, write the table, JSON and grid."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", required=True, type=Path)
+    ap.add_argument("--embedder-config", type=Path, default=None)
+    ap.add_argument("--restorer", default="weights/restorer-128")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--steps", default="10", help="sampler steps, or a comma list (10,50)")
+    ap.add_argument("--fidelities", default="0.5", help="comma list; several draw fidelity.png")
+    ap.add_argument("--work", default="out/bench", help="the bench's folder (its sets)")
+    ap.add_argument("--out", type=Path, default=Path("out/flipnet-ablations"))
+    args = ap.parse_args()
+
+    sets = build_sets(BenchConfig(n=args.n, work=args.work))
+    ref = [load_image(p).rgb for p in sets["_ref"]["paths"]]
+    s = sets["gfpgan"]
+    lq = [load_image(Path(s["lq"]) / f"{n}.png").rgb for n in s["names"]]
+    gt = [load_image(Path(s["gt"]) / f"{n}.png").rgb for n in s["names"]]
+    emb = IdentityEmbedder(aligned=True)
+    rows, grid = [], []  # grid: one block of 6 faces per row, then the HQ
+
+    def add(name: str, pred: list, extra: dict) -> None:
+        r = score(pred, lq, gt, ref, emb)
+        r.pop("identity_per_image")
+        rows.append({"row": name, **{k: r.get(k) for k in COLUMNS}, **extra})
+        grid.append(np.stack(pred[:6]))
+        print(json.dumps(rows[-1]), flush=True)
+
+    add("input", lq, {})
+    add(f"restorer ({args.restorer})",
+        list(make_method_from_spec(f"restorer@{args.restorer}").restore(np.stack(lq))), {})
+    fidelities = [float(v) for v in args.fidelities.split(",")]
+    step_counts = [int(v) for v in str(args.steps).split(",")]
+    curve = {}
+    for config in args.configs:
+        folder = ensure_trained(config, args.embedder_config)
+        net = load_flipnet(folder)
+        for fidelity in fidelities:
+            for steps in step_counts:
+                t0 = time.perf_counter()
+                method = make_method("flipnet", str(folder), steps=steps, seed=0,
+                                     fidelity=fidelity)
+                pred = list(method.restore(np.stack(lq)))
+                seconds = (time.perf_counter() - t0) / len(pred)
+                use = restoration_uses_input(
+                    lambda x, f=fidelity, k=steps: flipnet_restore(net, x, steps=k, seed=0,
+                                                                   fidelity=f),
+                    to_tensor(np.stack(lq[:6])), to_tensor(np.stack(gt[:6])))
+                name = config.stem.removeprefix("flipnet-")
+                if len(fidelities) > 1 or len(step_counts) > 1:
+                    name += f" (fidelity {fidelity:g}, {steps} steps)"
+                add(name, pred, {
+                    "fidelity": fidelity, "steps": steps,
+                    "train_minutes": card_minutes(folder), "seconds_per_face": round(seconds, 3),
+                    "input_correlation": round(use.correlation, 3),
+                    "rmse_own": round(use.own, 4), "rmse_other": round(use.other, 4),
+                    "uses_input": use.passes()})
+                curve.setdefault(config.stem, []).append(rows[-1])
+    if len(fidelities) > 1:
+        plot_fidelity(curve, args.out / "fidelity.png")
+    grid.append(np.stack(gt[:6]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(args.out / "ablations.json", json.dumps(
+        {"n": args.n, "set": "gfpgan (scaled), UTKFace test split",
+         "rows": rows}, indent=1).encode())
+    head = ("| row | PSNR | SSIM | ID angle | LMD | NIQE | BRISQUE | FD-low | input r | "
+            "own/other RMSE | train min |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in COLUMNS]
+        own = (f"{r['rmse_own']:.3f}/{r['rmse_other']:.3f}" if "rmse_own" in r else "-")
+        lines.append(f"| {r['row']} | " + " | ".join(cells)
+                     + f" | {r.get('input_correlation', '-')} | {own} | "
+                     f"{r.get('train_minutes') or '-'} |")
+    write_bytes_atomic(args.out / "ablations.md", ("\n".join(lines) + "\n").encode())
+    save_grid(args.out / "grid.png", [x for face in zip(*grid) for x in face], ncol=len(grid))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
