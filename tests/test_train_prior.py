@@ -88,6 +88,7 @@ def test_loss_goes_down_and_export_samples(blobs, tmp_path):
     assert len(losses) == 30
     assert np.mean(losses[-10:]) < 0.75 * np.mean(losses[:5])
     assert (tmp_path / "run" / "samples" / "step-0000030.png").is_file()
+    assert (folder / "loss_curve.png").is_file()
     card = (folder / "MODEL_CARD.md").read_text()
     assert "30 steps" in card and str(blobs) in card
     prior = load_prior(folder)

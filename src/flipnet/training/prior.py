@@ -12,6 +12,7 @@ EMA weights are exported as a prior folder (``<out_dir>/prior``) with a model ca
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,7 +38,7 @@ from flipnet.training.harness import (
     set_lr,
     warmup_lr,
 )
-from flipnet.viz import save_grid
+from flipnet.viz import save_curve, save_grid
 
 # settings that may change between a run and its continuation without changing the result
 RESUME_HARMLESS = ("resume", "max_minutes", "steps", "threads", "num_workers", "log_every",
@@ -137,6 +138,21 @@ def _frozen_autoencoder(cfg: PriorTrainConfig, device) -> FaceAutoencoder:
     return autoencoder.eval().requires_grad_(False)
 
 
+def plot_loss(log_path: Path, png: Path, *, threads: int) -> Path | None:
+    """The smoothed training loss of every leg in ``log.jsonl`` against CPU-hours (wall time x
+    ``threads``) as a PNG; None when the log has no loss lines."""
+    if not log_path.is_file():
+        return None
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss_smooth" in r and "wall_s" in r]
+    if not rows:
+        return None
+    hours = [r["wall_s"] / 3600 * max(1, threads) for r in rows]
+    return save_curve(png, hours, {"training loss (smoothed)": [r["loss_smooth"] for r in rows]},
+                      xlabel="CPU-hours" if threads else "hours", ylabel="loss",
+                      title="prior: training loss over all legs")
+
+
 def _start_weights(cfg: PriorTrainConfig, autoencoder: FaceAutoencoder | None) -> dict:
     """The UNet weights of ``init_from``, checked to be the same UNet, schedule and latents."""
     start = load_prior(cfg.init_from)
@@ -229,6 +245,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     def write_prior(tmp: Path) -> str:
         ema.copy_to(sample_model)
         save_prior(tmp, sample_model, cfg.prior, autoencoder=autoencoder)
+        plot_loss(run.log_path, tmp / "loss_curve.png", threads=cfg.threads)
         return _model_card(cfg, run.progress, len(dataset), count_parameters(sample_model),
                            hardware_name(accelerator), pixel_size)
 
