@@ -11,7 +11,8 @@ FD-lowlevel with the bench's own ``score``, plus the input-use check of issue 17
 RMSE to the own versus the other faces' HQ). The input and the fast restorer are scored as the
 first rows. Writes ``<out>/ablations.json``, ``ablations.md`` and ``grid.png`` (LQ, each row's
 restorations, HQ). With several ``--fidelities`` or ``--steps`` every FLIPNET gets a row per
-setting, and ``fidelity.png`` plots identity against NIQE per fidelity (issue 17's curve; the
+setting (``--starts`` too: issue 17's DifFace-style start from the diffused LQ is a sampling
+switch of any trained folder), and ``fidelity.png`` plots identity against NIQE per fidelity (issue 17's curve; the
 seconds per face column gives the speed per step count).
 
     python benchmarks/flipnet_ablations.py --configs configs/flipnet-64-ablation-*.json \\
@@ -23,6 +24,7 @@ seconds per face column gives the speed per step count).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -32,11 +34,11 @@ import numpy as np
 from flipnet.config import load_config
 from flipnet.diffusion.flipnet_sampling import flipnet_restore
 from flipnet.faces.identity import IdentityEmbedder
-from flipnet.io import load_image, to_tensor, write_bytes_atomic
+from flipnet.io import load_image, to_tensor, to_uint8, write_bytes_atomic
 from flipnet.models.flipnet import load_flipnet
 from flipnet.pipelines.bench import BenchConfig, build_sets, score
 from flipnet.pipelines.flipnet_method import restoration_uses_input
-from flipnet.pipelines.methods import make_method, make_method_from_spec
+from flipnet.pipelines.methods import make_method_from_spec
 from flipnet.training.face_embedding import EmbedderTrainConfig, train_face_embedding
 from flipnet.training.flipnet import FlipNetTrainConfig, train_flipnet
 from flipnet.viz import save_grid
@@ -105,6 +107,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--steps", default="10", help="sampler steps, or a comma list (10,50)")
     ap.add_argument("--fidelities", default="0.5", help="comma list; several draw fidelity.png")
+    ap.add_argument("--starts", default="config", help="comma list of sampling starts (1 = pure "
+                    "noise, < 1 = the LQ diffused to that fraction, DifFace-style); config = "
+                    "each folder's own")
     ap.add_argument("--work", default="out/bench", help="the bench's folder (its sets)")
     ap.add_argument("--out", type=Path, default=Path("out/flipnet-ablations"))
     args = ap.parse_args()
@@ -129,31 +134,35 @@ def main() -> None:
         list(make_method_from_spec(f"restorer@{args.restorer}").restore(np.stack(lq))), {})
     fidelities = [float(v) for v in args.fidelities.split(",")]
     step_counts = [int(v) for v in str(args.steps).split(",")]
+    starts = [None if v == "config" else float(v) for v in args.starts.split(",")]
     curve = {}
+    lq_tensor, gt_tensor = to_tensor(np.stack(lq)), to_tensor(np.stack(gt))
     for config in args.configs:
         folder = ensure_trained(config, args.embedder_config)
         net = load_flipnet(folder)
-        for fidelity in fidelities:
-            for steps in step_counts:
-                t0 = time.perf_counter()
-                method = make_method("flipnet", str(folder), steps=steps, seed=0,
-                                     fidelity=fidelity)
-                pred = list(method.restore(np.stack(lq)))
-                seconds = (time.perf_counter() - t0) / len(pred)
-                use = restoration_uses_input(
-                    lambda x, f=fidelity, k=steps: flipnet_restore(net, x, steps=k, seed=0,
-                                                                   fidelity=f),
-                    to_tensor(np.stack(lq[:6])), to_tensor(np.stack(gt[:6])))
-                name = config.stem.removeprefix("flipnet-")
-                if len(fidelities) > 1 or len(step_counts) > 1:
-                    name += f" (fidelity {fidelity:g}, {steps} steps)"
-                add(name, pred, {
-                    "fidelity": fidelity, "steps": steps,
-                    "train_minutes": card_minutes(folder), "seconds_per_face": round(seconds, 3),
-                    "input_correlation": round(use.correlation, 3),
-                    "rmse_own": round(use.own, 4), "rmse_other": round(use.other, 4),
-                    "uses_input": use.passes()})
-                curve.setdefault(config.stem, []).append(rows[-1])
+        for fidelity, steps, start in itertools.product(fidelities, step_counts, starts):
+            def restore(x, indices=None, f=fidelity, k=steps, s0=start):
+                return flipnet_restore(net, x, steps=k, seed=0, fidelity=f, start=s0,
+                                       indices=indices)
+
+            t0 = time.perf_counter()
+            pred = [to_uint8(restore(lq_tensor[i:i + 16],
+                                     indices=list(range(i, min(i + 16, len(lq))))))
+                    for i in range(0, len(lq), 16)]
+            pred = list(np.concatenate(pred))
+            seconds = (time.perf_counter() - t0) / len(pred)
+            use = restoration_uses_input(restore, lq_tensor[:6], gt_tensor[:6])
+            name = config.stem.removeprefix("flipnet-")
+            if len(fidelities) > 1 or len(step_counts) > 1 or len(starts) > 1:
+                name += (f" (fidelity {fidelity:g}, {steps} steps, start "
+                         f"{'config' if start is None else f'{start:g}'})")
+            add(name, pred, {
+                "fidelity": fidelity, "steps": steps, "start": start or net.config.start,
+                "train_minutes": card_minutes(folder), "seconds_per_face": round(seconds, 3),
+                "input_correlation": round(use.correlation, 3),
+                "rmse_own": round(use.own, 4), "rmse_other": round(use.other, 4),
+                "uses_input": use.passes()})
+            curve.setdefault(config.stem, []).append(rows[-1])
     if len(fidelities) > 1:
         plot_fidelity(curve, args.out / "fidelity.png")
     grid.append(np.stack(gt[:6]))
