@@ -12,12 +12,12 @@ RMSE to the own versus the other faces' HQ). The input and the fast restorer are
 first rows. Writes ``<out>/ablations.json``, ``ablations.md`` and ``grid.png`` (LQ, each row's
 restorations, HQ). With several ``--fidelities`` or ``--steps`` every FLIPNET gets a row per
 setting (``--starts`` too: issue 17's DifFace-style start from the diffused LQ is a sampling
-switch of any trained folder), and ``fidelity.png`` plots identity against NIQE per fidelity (issue 17's curve; the
-seconds per face column gives the speed per step count).
+switch of any trained folder), and ``fidelity.png`` plots identity against NIQE per fidelity
+(issue 17's curve; the seconds per face column gives the speed per step count).
 
     python benchmarks/flipnet_ablations.py --configs configs/flipnet-64-ablation-*.json \\
         --embedder-config configs/flipnet-embedder-64-cpu.json --n 60 --steps 10
-    python benchmarks/flipnet_ablations.py --configs configs/flipnet-64-cpu.json \
+    python benchmarks/flipnet_ablations.py --configs configs/flipnet-64-cpu.json \\
         --fidelities 0,0.25,0.5,0.75,1 --steps 10,50 --out out/flipnet-fidelity
 """
 

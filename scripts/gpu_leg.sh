@@ -15,14 +15,19 @@
 # xf -` puts it back together), samples.png (the last leg's newest sample grid) and one
 # MODULE.log per leg (speed: images/s is in the progress lines).
 set -e
+usage() { printf '%s\n' "usage: sh scripts/gpu_leg.sh SHARDS MODULE:CONFIG [MODULE:CONFIG ...]" >&2
+          exit 2; }
+[ $# -ge 2 ] || usage
 SHARDS=$1
 shift
-[ $# -gt 0 ] || { echo "usage: sh scripts/gpu_leg.sh SHARDS MODULE:CONFIG [...]" >&2; exit 2; }
+for LEG in "$@"; do
+    case $LEG in *:*) ;; *) usage ;; esac
+done
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-out/gpu-leg}
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/src" PYTHONUNBUFFERED=1
 mkdir -p out/prepared "$OUT"
-for SHARD in $(echo "$SHARDS" | tr ',' ' '); do
+for SHARD in $(printf '%s' "$SHARDS" | tr ',' ' '); do
     tar xf "$SHARD" -C out/prepared
 done
 for LEG in "$@"; do
@@ -31,13 +36,15 @@ for LEG in "$@"; do
     case $MODULE in
         prior|autoencoder|flipnet|restorer) EXPORT=$MODULE ;;
         face_embedding) EXPORT=embedder ;;
-        *) echo "unknown training module '$MODULE' in '$LEG'" >&2; exit 2 ;;
+        *) printf '%s\n' "unknown training module '$MODULE' in '$LEG'" >&2; exit 2 ;;
     esac
     "$PYTHON" -m "flipnet.training.$MODULE" "$CONFIG" > "$OUT/$MODULE.log" 2>&1 || {
         tail -n 40 "$OUT/$MODULE.log"; exit 1; }
     RUN=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['out_dir'])" "$CONFIG")
     tail -n 2 "$OUT/$MODULE.log"
 done
+# dash has no pipefail: check the export before tar | split hides a failure
+[ -d "$RUN/$EXPORT" ] || { printf '%s\n' "no export at $RUN/$EXPORT" >&2; exit 1; }
 tar cf - -C "$RUN" "$EXPORT" | split -b 15m - "$OUT/$EXPORT.tar.part-"
 LAST=$(ls -t "$RUN"/samples/*.png 2>/dev/null | head -n 1)
 [ -n "$LAST" ] && cp "$LAST" "$OUT/samples.png"

@@ -212,12 +212,16 @@ def test_decoder_only_fine_tuning_keeps_the_latents(faces, tmp_path):
     with pytest.raises(FlipnetError, match="needs init_from"):
         train_autoencoder(_train_cfg(faces, tmp_path / "bad", train_encoder=False, **kw))
     second = train_autoencoder(_train_cfg(faces, tmp_path / "second", init_from=str(first),
-                                          train_encoder=False, **kw))
+                                          train_encoder=False, stats_count=4, **kw))
     a, cfg_a = load_autoencoder(first)
     b, cfg_b = load_autoencoder(second)
     enc_a, enc_b = a.encoder.state_dict(), b.encoder.state_dict()
     assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)  # the same latents
+    # kept, not recomputed: 4 faces would give other statistics than the first run's 10
     assert (cfg_b.latent_shift, cfg_b.latent_scale) == (cfg_a.latent_shift, cfg_a.latent_scale)
+    card = (second / "MODEL_CARD.md").read_text()
+    assert f"started from `{first}`" in card and "encoder frozen" in card
+    assert f"kept from `{first}`" in card
     dec_a, dec_b = a.decoder.state_dict(), b.decoder.state_dict()
     assert any(not torch.equal(dec_a[k], dec_b[k]) for k in dec_a)  # the decoder learned
     other = dataclasses.replace(TINY, latent_channels=2)

@@ -77,7 +77,12 @@ def test_restoration_on_a_latent_prior_depends_on_its_input():
     _randomise_adapters(net, scale=0.3)
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(2, 1, 3, 16, 16, generator=g) * 2 - 1
+    seen = []
+    hook = net.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     out_a = flipnet_restore(net, a, steps=3, seed=7)
+    hook.remove()
+    assert set(seen) == {torch.Size([2, 12, 8, 8])}  # target + condition latents of a 16 px face
+    assert net.autoencoder.decoded[-1].abs().max() > 1  # sampled latents reach decode unclipped
     out_b = flipnet_restore(net, b, steps=3, seed=7)
     # same seed, different LQ: different outputs (far above float noise) once the adapters
     # carry the condition; a fresh FLIPNET is the prior and does not read it at all

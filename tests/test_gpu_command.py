@@ -122,4 +122,7 @@ def test_gpu_leg_command_fails_loudly_on_a_bad_config(tmp_path):
     assert done.returncode != 0 and "batch" in done.stdout + done.stderr
     unknown = _run(tmp_path, str(_shard(tmp_path)), f"painting:{config}")
     assert unknown.returncode == 2 and "unknown training module 'painting'" in unknown.stderr
+    for legs in ((), (str(config),)):  # no leg; a leg without MODULE:
+        bad = _run(tmp_path, str(_shard(tmp_path)), *legs)
+        assert bad.returncode == 2 and "usage: sh scripts/gpu_leg.sh" in bad.stderr
     assert "fewer than one batch" in done.stdout + done.stderr

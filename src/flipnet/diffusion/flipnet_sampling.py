@@ -5,9 +5,11 @@ at every sampler step it is diffused to the current t (or, with ``config.conditi
 fixed step, which the network is told) with one fixed noise draw per image
 (``q_sample(known, t_cond, noise)``), so the condition stream is what it was in training. The target
 stream is sampled with any of ``flipnet.diffusion.samplers`` (ddim, dpmpp_2m, ddpm); the model
-closure returns the target stream's prediction. Work happens at the prior's resolution; inputs
-are shrunk to it by ``degradations.model_lq.to_model_size`` (as the training LQ was made, so a
-synthetic LQ crop reaches the network exactly as in training) and results resized back. Image k of a run draws all its noise from
+closure returns the target stream's prediction. Work happens at the prior's face size
+(``net.image_size``: the UNet's size times the autoencoder factor); inputs are shrunk to it by
+``degradations.model_lq.to_model_size`` (as the training LQ was made, so a synthetic LQ crop
+reaches the network exactly as in training) and results resized back. Image k of a run draws all
+its noise from
 ``Generator(seed + index_k)``, so a batch gives each image what a single run gives.
 
 Fidelity (restoration): ``phi = trained phi x 2 x fidelity`` (0.5 = the trained weight,

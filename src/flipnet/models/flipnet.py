@@ -246,7 +246,7 @@ class FlipNet(nn.Module):
             vec = self.mode_embedding.weight[MODES.index(mode)]  # (E,)
             offset = torch.cat([vec.expand(b, -1), torch.zeros_like(vec).expand(b, -1)])  # (2B, E)
         out = self.unet(torch.cat([x_target_t, x_cond_t]), torch.cat([t, t_cond]), ctx,
-                        cross_attention_kwargs=kwargs or None, emb_offset=offset)  # (2B, 3, H, W)
+                        cross_attention_kwargs=kwargs or None, emb_offset=offset)  # (2B, C, h, w)
         return out[:b], out[b:]
 
     def forward_streams(self, xt_hq: torch.Tensor, xt_lq: torch.Tensor, t: torch.Tensor, *,

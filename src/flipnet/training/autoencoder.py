@@ -238,9 +238,15 @@ def _model_card(cfg: AutoencoderTrainConfig, progress: TrainProgress, *, n_image
         (f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
          f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads)"),
         f"- command: `{command or 'train_autoencoder(cfg), see train_config.json'}`",
+        *([f"- started from `{cfg.init_from}` (its CPU-hours are in its own card)"
+           + ("; encoder frozen, decoder trained (the latents are unchanged; the KL term is "
+              "then a constant)" if not cfg.train_encoder else "")] if cfg.init_from else []),
         "- final losses (mean of the last 20 log lines): "
         + (", ".join(f"{k} {v}" for k, v in losses.items()) or "n/a"),
-        (f"- latent normalisation (config.json, from {n_stats} training faces): shift "
+        ("- latent normalisation (config.json, "
+         + (f"kept from `{cfg.init_from}`" if not cfg.train_encoder else
+            f"from {n_stats} training faces")
+         + "): shift "
          f"{list(a.latent_shift or ())}, scale {list(a.latent_scale or ())}; `encode` returns "
          "(posterior mean - shift) / scale"),
         "- weights: EMA, fp16 safetensors",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -128,7 +129,8 @@ class FlipNetTrainConfig:
 
 def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
               generator: torch.Generator, *, condition_t: int | None = None,
-              condition_loss: bool = True, encode=None) -> torch.Tensor:
+              condition_loss: bool = True,
+              encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One mode's loss: MSE(target) [+ MSE(condition)], two noises; the condition stream at the
     target's t, or at ``condition_t`` for every sample (``FlipNetConfig.condition_t``).
 
@@ -137,7 +139,7 @@ def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, 
     a DDP-wrapped FLIPNET syncs its gradients across processes. ``encode`` (a latent prior:
     ``FlipNet.encode``) turns the faces into the streams' latents; the face tokens still read
     the faces."""
-    images = {"hq": hq, "lq": lq}
+    hq_image, lq_image = hq, lq
     if encode is not None:
         hq, lq = encode(hq), encode(lq)
     t = torch.randint(0, schedule.num_timesteps, (hq.shape[0],), generator=generator,
@@ -151,10 +153,10 @@ def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, 
     xt_hq, xt_lq = schedule.q_sample(hq, t_hq, noise_hq), schedule.q_sample(lq, t_lq, noise_lq)
     if mode == "restore":
         pred_hq, pred_lq = net(xt_hq, xt_lq, t, t_cond=t_cond, mode=mode,
-                               context_image=images["lq"])
+                               context_image=lq_image)
     else:
         pred_lq, pred_hq = net(xt_lq, xt_hq, t, t_cond=t_cond, mode=mode,
-                               context_image=images["hq"])
+                               context_image=hq_image)
     loss_hq = F.mse_loss(pred_hq.float(), schedule.training_target(hq, t_hq, noise_hq))
     loss_lq = F.mse_loss(pred_lq.float(), schedule.training_target(lq, t_lq, noise_lq))
     if not condition_loss:

@@ -139,12 +139,15 @@ def _frozen_autoencoder(cfg: PriorTrainConfig, device) -> FaceAutoencoder:
 
 
 def plot_loss(log_path: Path, png: Path, *, threads: int) -> Path | None:
-    """The smoothed training loss of every leg in ``log.jsonl`` against CPU-hours (wall time x
-    ``threads``) as a PNG; None when the log has no loss lines."""
+    """The smoothed training loss of every leg in ``log.jsonl`` (this run's: a warm start's
+    earlier legs are in its own card) against CPU-hours (wall time x ``threads``, the current
+    leg's setting) as a PNG; None when the log has no loss lines."""
     if not log_path.is_file():
         return None
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss_smooth" in r and "wall_s" in r]
+    # a resumed leg repeats the steps after its checkpoint: the last line of each step counts
+    by_step = {r["step"]: r for r in rows if "loss_smooth" in r and "wall_s" in r}
+    rows = [by_step[k] for k in sorted(by_step)]
     if not rows:
         return None
     hours = [r["wall_s"] / 3600 * max(1, threads) for r in rows]
