@@ -43,19 +43,16 @@ def make_pairs(args) -> None:
     out = Path(args.out)
     hq_dir = out / "hq"
     for i, p in enumerate(files):  # the HQ faces under their own names, the targets of both
-        rgb = load_image(p).rgb
-        for d in (hq_dir, out / "naive" / "target", out / "flipnet" / "target"):
-            if not (d / f"{i:05d}.png").is_file():
-                save_image(d / f"{i:05d}.png", rgb)
-    for i, p in enumerate(files):
         dst = out / "naive" / "lq" / f"{i:05d}.png"
         if dst.is_file():
             continue
-        hq = load_image(hq_dir / f"{i:05d}.png").rgb
+        hq = load_image(p).rgb
+        for d in (hq_dir, out / "naive" / "target", out / "flipnet" / "target"):
+            save_image(d / f"{i:05d}.png", hq)
         cfg = preset_for_size(NAIVE[i % len(NAIVE)], hq.shape[0])
         with torch.no_grad():
             lq = degrade_images(to_tensor(hq[None]), cfg, seed=args.seed + i)[0]
-        save_image(dst, to_uint8(lq)[0])
+        save_image(dst, to_uint8(lq)[0])  # written last: a face with its LQ is complete
     report = flipnet_degrade_folder(hq_dir, out / "flipnet" / "lq", DegradeConfig(
         seed=args.seed, weights=args.flipnet, steps=args.steps, device="cpu"))
     print(report.summary())
