@@ -71,8 +71,10 @@ def _flipnet(args: list[str], cwd: Path, *, kill_at: str | None = None,
 
 
 def _files(root: Path, *, skip=("log.jsonl", "MODEL_CARD.md", "pseudo_targets.json",
-                                 "report.json", "train_config.json")) -> dict[str, bytes]:
-    """Relative path -> bytes of every visible file under root except logs/cards (wall times)."""
+                                 "report.json", "train_config.json", "loss_curve.png")
+           ) -> dict[str, bytes]:
+    """Relative path -> bytes of every visible file under root except logs, cards and the loss
+    curve (wall times: its x axis is CPU-hours)."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in skip and not p.name.startswith(".")}
 
