@@ -9,6 +9,9 @@ A last column checks that each synthetic LQ face still shows its person (dlib id
 the HQ face it was made from).
 
     python benchmarks/degradation_realism.py --n 300 [--flipnet weights/flipnet-64]
+
+``--flipnet`` may be given several times (one row each, named by the folder, or by its parent
+for a training run's ``<out_dir>/flipnet``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
     return np.concatenate(out)
 
 
+def flipnet_label(weights: str) -> str:
+    """A row name for a FLIPNET folder: its name, or its run's name for ``<out_dir>/flipnet``."""
+    path = Path(weights)
+    return path.parent.name if path.name == "flipnet" and path.parent.name else path.name
+
+
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
@@ -64,7 +73,8 @@ def main() -> None:
     ap.add_argument("--real-lq", default="out/prepared/lfw-128")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--presets", default=",".join(PRESETS))
-    ap.add_argument("--flipnet", default=None, help="FLIPNET weights folder (degradation mode)")
+    ap.add_argument("--flipnet", action="append", default=[],
+                    help="FLIPNET weights folder (degradation mode); repeatable")
     ap.add_argument("--flipnet-steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/degradation-realism")
@@ -78,13 +88,14 @@ def main() -> None:
     sets = {"HQ, not degraded": hq}
     for preset in args.presets.split(","):
         sets[f"naive `{preset}`"] = degrade_set(hq, preset, args.seed)
-    if args.flipnet:  # the slow set is kept, keyed by what made it, for reruns
-        key = f"{Path(args.flipnet).name}-steps{args.flipnet_steps}-seed{args.seed}-n{len(hq)}"
+    for weights in args.flipnet:  # the slow sets are kept, keyed by what made them, for reruns
+        name = flipnet_label(weights)
+        key = f"{name}-steps{args.flipnet_steps}-seed{args.seed}-n{len(hq)}"
         cache = out / f"flipnet-{key}.npy"
         if not cache.exists():
-            write_bytes_atomic(cache, _npy_bytes(flipnet_set(args.flipnet, hq, args.seed,
+            write_bytes_atomic(cache, _npy_bytes(flipnet_set(weights, hq, args.seed,
                                                              args.flipnet_steps)))
-        sets["FLIPNET degradation mode"] = np.load(cache)
+        sets[f"FLIPNET degradation mode ({name})"] = np.load(cache)
     real_feats, hq_ids = lowlevel_features(real), identity_features(hq)
     rows = []
     for name, images in sets.items():

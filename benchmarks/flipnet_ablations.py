@@ -9,8 +9,9 @@ split degraded with the size-scaled gfpgan preset, exactly the set ``flipnet ben
 FD-lowlevel with the bench's own ``score``, plus the input-use check of issue 17
 (``restoration_uses_input`` on the first 6 faces: correlation of output and LQ differences, and
 RMSE to the own versus the other faces' HQ). The input and the fast restorer are scored as the
-first rows. Writes ``<out>/ablations.json``, ``ablations.md`` and ``grid.png`` (LQ, each row's
-restorations, HQ). With several ``--fidelities`` or ``--steps`` every FLIPNET gets a row per
+first rows, then (``--cap-size``) HQ and the restorer's output passed through the prior's size
+and back: the ceiling the prior's resolution sets. Writes ``<out>/ablations.json``,
+``ablations.md`` and ``grid.png`` (LQ, each row's restorations, HQ). With several ``--fidelities`` or ``--steps`` every FLIPNET gets a row per
 setting (``--starts`` too: issue 17's DifFace-style start from the diffused LQ is a sampling
 switch of any trained folder), and ``fidelity.png`` plots identity against NIQE per fidelity
 (issue 17's curve; the seconds per face column gives the speed per step count).
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from flipnet.config import load_config
+from flipnet.degradations.model_lq import to_model_size
 from flipnet.diffusion.flipnet_sampling import flipnet_restore
 from flipnet.faces.identity import IdentityEmbedder
 from flipnet.io import load_image, to_tensor, to_uint8, write_bytes_atomic
@@ -62,6 +64,13 @@ def ensure_trained(config: Path, embedder_config: Path | None) -> Path:
                              f"reads {cfg.embedder}")
         train_face_embedding(ecfg)
     return train_flipnet(cfg)
+
+
+def through_size(images: list, size: int) -> list:
+    """Images shrunk to ``size`` and back with the sampler's resize: the ceiling a FLIPNET on a
+    ``size`` px prior can reach, whatever it learns."""
+    x = to_tensor(np.stack(images))
+    return list(to_uint8(to_model_size(to_model_size(x, size), images[0].shape[0])))
 
 
 def card_minutes(folder: Path) -> float | None:
@@ -110,6 +119,8 @@ def main() -> None:
     ap.add_argument("--starts", default="config", help="comma list of sampling starts (1 = pure "
                     "noise, < 1 = the LQ diffused to that fraction, DifFace-style); config = "
                     "each folder's own")
+    ap.add_argument("--cap-size", type=int, default=64, help="also score HQ and the restorer "
+                    "shrunk to this size and back, as FLIPNET's sampler resizes (0 = no rows)")
     ap.add_argument("--work", default="out/bench", help="the bench's folder (its sets)")
     ap.add_argument("--out", type=Path, default=Path("out/flipnet-ablations"))
     args = ap.parse_args()
@@ -130,8 +141,11 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     add("input", lq, {})
-    add(f"restorer ({args.restorer})",
-        list(make_method_from_spec(f"restorer@{args.restorer}").restore(np.stack(lq))), {})
+    restored = list(make_method_from_spec(f"restorer@{args.restorer}").restore(np.stack(lq)))
+    add(f"restorer ({args.restorer})", restored, {})
+    if args.cap_size:  # what the prior's resolution alone costs (issue 17: "say by how much")
+        add(f"HQ through {args.cap_size} px", through_size(gt, args.cap_size), {})
+        add(f"restorer through {args.cap_size} px", through_size(restored, args.cap_size), {})
     fidelities = [float(v) for v in args.fidelities.split(",")]
     step_counts = [int(v) for v in str(args.steps).split(",")]
     starts = [None if v == "config" else float(v) for v in args.starts.split(",")]
