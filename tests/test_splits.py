@@ -1,6 +1,14 @@
 """Held-out splits: stable under renaming of folders/extensions, disjoint, about the right size."""
 
-from flipnet.splits import in_split, lfw_split, split_of, utkface_labels, utkface_split
+from flipnet.splits import (
+    age_band,
+    group_balance_weights,
+    in_split,
+    lfw_split,
+    split_of,
+    utkface_labels,
+    utkface_split,
+)
 
 
 def test_utkface_split_ignores_folder_and_extension():
@@ -32,3 +40,14 @@ def test_utkface_labels():
     assert utkface_labels("26_1_2_2017.jpg.chip.jpg") == {"age": 26, "gender": "female",
                                                           "race": "asian"}
     assert utkface_labels("garbage.png") is None
+
+
+def test_group_balance_weights_give_each_group_equal_mass():
+    names = ([f"70_0_1_2017{i:04d}.jpg.chip.png" for i in range(2)]      # 65+, black: rare
+             + [f"25_1_0_2017{i:04d}.jpg.chip.png" for i in range(8)]    # 15-39, white: common
+             + [f"30_0_0_2017{i:04d}.jpg.chip.png" for i in range(4)]    # 15-39, white too
+             + ["unlabelled.png"])
+    w = group_balance_weights(names)
+    assert w[:2] == [0.5, 0.5] and all(x == 1 / 12 for x in w[2:14]) and w[14] == 1.0
+    assert [age_band(a) for a in (0, 14, 15, 39, 40, 64, 65, 90)] == [
+        "0-14", "0-14", "15-39", "15-39", "40-64", "40-64", "65+", "65+"]

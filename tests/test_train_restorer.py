@@ -17,7 +17,7 @@ from flipnet.degradations.pipeline import DegradationConfig
 from flipnet.errors import ConfigError, FlipnetError
 from flipnet.io import load_image, save_image
 from flipnet.models.restorer import RestorerConfig, load_restorer
-from flipnet.splits import utkface_split
+from flipnet.splits import group_balance_weights, utkface_split
 from flipnet.training.harness import checkpoints
 from flipnet.training.pairs import (
     PairFolder,
@@ -27,7 +27,12 @@ from flipnet.training.pairs import (
     fixed_pairs,
     load_faces,
 )
-from flipnet.training.restorer import RestorerTrainConfig, make_pairs, train_restorer
+from flipnet.training.restorer import (
+    RestorerTrainConfig,
+    make_pairs,
+    sampling_weights,
+    train_restorer,
+)
 
 TINY = RestorerConfig(image_size=32, width=8, enc_blocks=(1, 1), middle_blocks=1,
                       dec_blocks=(1, 1))
@@ -240,3 +245,55 @@ def test_identity_term_is_logged_and_named_in_the_card(faces, tmp_path):
     assert all(0.0 <= x["identity"] < 1.0 for x in log) and len(log) == 2
     assert "identity (1 - cos, torch port of dlib's ResNet) x0.5" in (
         folder / "MODEL_CARD.md").read_text()
+
+
+def test_group_balanced_sampler_draws_rare_groups_as_often(tmp_path):
+    # 4 faces of age 70 beside 36 of age 25: uniform epochs show the rare group 10% of the time
+    names = [f"70_0_1_{i}" for i in range(4)] + [f"25_1_0_{i}" for i in range(36)]
+    weights = group_balance_weights(names)
+    rare = set(range(4))
+    sampler = PairSampler(40, seed=1, weights=weights)
+    draws = []
+    for epoch in range(50):
+        sampler.set_epoch(epoch)
+        draws += [i for i, _, _ in sampler]
+    share = sum(i in rare for i in draws) / len(draws)
+    assert 0.45 < share < 0.55  # balanced: half the draws
+    sampler.set_epoch(3)
+    first = list(sampler)
+    sampler.set_epoch(3)
+    assert list(sampler) == first  # still a pure function of (seed, epoch): exact resume
+    uniform = PairSampler(40, seed=1)
+    assert sorted(i for i, _, _ in uniform) == list(range(40))  # no weights: a permutation
+    with pytest.raises(ValueError, match="3 sampling weights for 40"):
+        PairSampler(40, seed=1, weights=[1.0] * 3)
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_balance_groups_weights_follow_the_training_faces(faces, tmp_path):
+    cfg = _cfg(faces, tmp_path / "run", val_count=4, balance_groups=True)
+    train, val = make_pairs(cfg, progress=False)
+    # the paths stay aligned with the pixels after the validation faces are split off
+    assert len(train.paths) == len(train.pixels) == 13 and len(val.paths) == 4
+    assert np.array_equal(train.pixels[0], load_faces(faces, 32, progress=False)[1][4])
+    assert sampling_weights(cfg, train) == [1.0 / 13] * 13  # unlabelled names: one group
+    assert sampling_weights(_cfg(faces, tmp_path / "u"), train) is None
+    pairs_cfg = _cfg(faces, tmp_path / "p", balance_groups=True, pairs_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="balance_groups needs UTKFace"):
+        sampling_weights(pairs_cfg, object())
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_training_draws_with_the_group_weights(faces, tmp_path, monkeypatch):
+    import flipnet.training.restorer as restorer_training
+
+    seen = []
+
+    class Recording(PairSampler):
+        def __init__(self, n, **kw):
+            seen.append(kw.get("weights"))
+            super().__init__(n, **kw)
+
+    monkeypatch.setattr(restorer_training, "PairSampler", Recording)
+    train_restorer(_cfg(faces, tmp_path / "run", steps=1, gan_weight=0.0, balance_groups=True))
+    assert seen == [[1.0 / 17] * 17]

@@ -66,3 +66,21 @@ def utkface_labels(path: str | Path) -> dict | None:
     return {"age": age, "gender": ["male", "female"][gender] if gender in (0, 1) else "unknown",
             "race": ["white", "black", "asian", "indian", "others"][race] if 0 <= race < 5
             else "unknown"}
+
+
+def age_band(age: int) -> str:
+    """The age band the benchmarks report identity by: 0-14, 15-39, 40-64 or 65+."""
+    return "0-14" if age < 15 else "15-39" if age < 40 else "40-64" if age < 65 else "65+"
+
+
+def group_balance_weights(paths) -> list[float]:
+    """Sampling weights that give each UTKFace (age band, race) group the same total weight:
+    1 / the group's size. Files without UTKFace labels form one group of their own."""
+    groups = []
+    for path in paths:
+        lab = utkface_labels(path)
+        groups.append(None if lab is None else (age_band(lab["age"]), lab["race"]))
+    counts: dict = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    return [1.0 / counts[g] for g in groups]

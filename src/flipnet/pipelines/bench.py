@@ -33,7 +33,7 @@ from flipnet.io import (
     save_image,
     write_bytes_atomic,
 )
-from flipnet.splits import in_split, utkface_labels
+from flipnet.splits import age_band, in_split, utkface_labels
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 PRESETS = ("gfpgan", "codeformer", "raw", "small")
@@ -229,8 +229,7 @@ def per_group(ids: list, names: list[str]) -> dict:
         lab = utkface_labels(n)
         if v is None or lab is None:
             continue
-        band = "0-14" if lab["age"] < 15 else "15-39" if lab["age"] < 40 else \
-            "40-64" if lab["age"] < 65 else "65+"
+        band = age_band(lab["age"])
         for key in (f"age {band}", f"gender {lab['gender']}", f"race {lab['race']}"):
             groups.setdefault(key, []).append(v)
     return {k: {"mean_cos": float(np.mean(v)), "n": len(v)} for k, v in sorted(groups.items())}

@@ -70,10 +70,18 @@ class FaceFolder(Dataset):
 
 
 class ShuffleFlipSampler(Sampler):
-    """Yields (index, flip): a permutation and coin flips drawn from Generator(seed + epoch)."""
+    """Yields (index, flip): a permutation and coin flips drawn from Generator(seed + epoch).
 
-    def __init__(self, n: int, *, seed: int, hflip: bool = True):
+    With ``weights`` (one per item, e.g. ``splits.group_balance_weights``) an epoch is instead
+    ``n`` draws with replacement in proportion to them: rare groups are seen as often as
+    common ones, still a pure function of (seed, epoch)."""
+
+    def __init__(self, n: int, *, seed: int, hflip: bool = True,
+                 weights: list[float] | None = None):
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} sampling weights for {n} items")
         self.n, self.seed, self.hflip, self.epoch = n, seed, hflip, 0
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order is yielded next (called by Accelerate's loaders)."""
@@ -84,7 +92,8 @@ class ShuffleFlipSampler(Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = (torch.randperm(self.n, generator=g) if self.weights is None else
+                 torch.multinomial(self.weights, self.n, replacement=True, generator=g)).tolist()
         flips = (torch.randint(0, 2, (self.n,), generator=g).tolist() if self.hflip
                  else [0] * self.n)
         return iter([(i, bool(f)) for i, f in zip(order, flips)])

@@ -87,11 +87,16 @@ class SyntheticPairs(Dataset):
     """HQ faces in memory, degraded on the fly with a preset chosen by the sample's seed; with
     ``small_faces``, a share of them rendered as faces of 16-128 px in the photo
     (``degradations.face_size``); with ``clean_prob``, a share left as they are (LQ = HQ), so
-    the restorer learns to leave a sharp face alone."""
+    the restorer learns to leave a sharp face alone. ``paths`` (optional) name the faces, for
+    sampling weights by group."""
 
     def __init__(self, pixels: np.ndarray, presets: Sequence[DegradationConfig], *,
-                 small_faces: FaceSizeConfig | None = None, clean_prob: float = 0.0):
+                 small_faces: FaceSizeConfig | None = None, clean_prob: float = 0.0,
+                 paths: Sequence[Path] | None = None):
+        if paths is not None and len(paths) != len(pixels):
+            raise ValueError(f"{len(paths)} paths for {len(pixels)} faces")
         self.pixels, self.presets = pixels, list(presets)  # (N, S, S, 3) uint8
+        self.paths = None if paths is None else list(paths)
         self.small_faces, self.clean_prob = small_faces, clean_prob
         if small_faces is not None and small_faces.prob > 0:
             # a small face re-scales the named preset to its own size

@@ -34,6 +34,7 @@ from flipnet.models.restorer import (
     load_restorer,
     save_restorer,
 )
+from flipnet.splits import group_balance_weights
 from flipnet.training.harness import (
     EMA,
     TrainingRun,
@@ -98,6 +99,9 @@ class RestorerTrainConfig:
     val_count: int = field(default=0, metadata=_h("train-split faces held out for the "
                                                   "validation curve (val.jsonl); 0 = none"))
     max_images: int = field(default=0, metadata=_h("use at most N HQ faces; 0 = all"))
+    balance_groups: bool = field(default=False, metadata=_h(
+        "draw faces so that every UTKFace (age band, race) group is seen equally often "
+        "(issue 16: identity is worst for the elderly and for black faces, the rarest groups)"))
     batch_size: int = field(default=16, metadata=_h("pairs per step per process"))
     grad_accum: int = field(default=1, metadata=_h("micro-batches per optimizer step"))
     lr: float = field(default=1e-3, metadata=_h("AdamW learning rate after warmup"))
@@ -155,19 +159,29 @@ def make_pairs(cfg: RestorerTrainConfig, *, progress: bool = True):
     ``SyntheticPairs`` of ``data_dir``; the first ``val_count`` faces are held out."""
     if cfg.pairs_dir:
         return PairFolder(cfg.pairs_dir, cfg.restorer.image_size, progress=progress), None
-    _, pixels = load_faces(cfg.data_dir, cfg.restorer.image_size, split=cfg.split,
-                           limit=(cfg.max_images + cfg.val_count) if cfg.max_images else None,
-                           progress=progress)
+    paths, pixels = load_faces(cfg.data_dir, cfg.restorer.image_size, split=cfg.split,
+                               limit=(cfg.max_images + cfg.val_count) if cfg.max_images else None,
+                               progress=progress)
     if cfg.val_count >= len(pixels):
         raise FlipnetError(f"{cfg.data_dir}: val_count {cfg.val_count} leaves no training faces "
                            f"of {len(pixels)}")
     presets = face_presets(cfg.presets, cfg.restorer.image_size)
-    def pairs(faces: np.ndarray) -> SyntheticPairs:
+    def pairs(faces: np.ndarray, names: list[Path]) -> SyntheticPairs:
         return SyntheticPairs(faces, presets, small_faces=cfg.small_faces,
-                              clean_prob=cfg.clean_prob)
+                              clean_prob=cfg.clean_prob, paths=names)
 
-    return pairs(pixels[cfg.val_count:]), (pairs(pixels[:cfg.val_count]) if cfg.val_count
-                                           else None)
+    v = cfg.val_count
+    return pairs(pixels[v:], paths[v:]), (pairs(pixels[:v], paths[:v]) if v else None)
+
+
+def sampling_weights(cfg: RestorerTrainConfig, dataset) -> list[float] | None:
+    """Per-face sampling weights: group-balanced with ``balance_groups``, else None (uniform)."""
+    if not cfg.balance_groups:
+        return None
+    if getattr(dataset, "paths", None) is None:
+        raise ConfigError("balance_groups needs UTKFace-named HQ faces (data_dir), not a "
+                          f"pairs_dir ({cfg.pairs_dir})")
+    return group_balance_weights(dataset.paths)
 
 
 def _lr_at(cfg: RestorerTrainConfig, step: int) -> float:
@@ -343,7 +357,8 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.pairs_dir or cfg.data_dir}: {len(dataset)} training pairs, "
                            f"fewer than one batch ({cfg.batch_size})")
-    sampler = PairSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip)
+    sampler = PairSampler(len(dataset), seed=cfg.seed, hflip=cfg.hflip,
+                          weights=sampling_weights(cfg, dataset))
     loader = make_loader(dataset, sampler, cfg.batch_size, num_workers=cfg.num_workers)
     model = _initial_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.9),
