@@ -37,8 +37,9 @@ PRESETS = ("gfpgan", "codeformer", "difface", "raw")
 
 
 def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
-                batch_size: int = 16) -> np.ndarray:
-    """HQ -> LQ with FLIPNET's degradation mode, face i seeded with seed + i."""
+                start: float | None = None, batch_size: int = 16) -> np.ndarray:
+    """HQ -> LQ with FLIPNET's degradation mode, face i seeded with seed + i; ``start`` < 1
+    starts from the HQ diffused to that fraction (None: the folder's own start)."""
     from flipnet.diffusion.flipnet_sampling import flipnet_degrade
     from flipnet.io import to_tensor, to_uint8
     from flipnet.models.flipnet import load_flipnet
@@ -48,7 +49,7 @@ def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
     with torch.no_grad():
         for i in tqdm(range(0, len(hq), batch_size), desc="flipnet degrade"):
             x = to_tensor(hq[i:i + batch_size])
-            y = flipnet_degrade(net, x, steps=steps, seed=seed,
+            y = flipnet_degrade(net, x, steps=steps, seed=seed, start=start,
                                 indices=list(range(i, i + len(x))))
             out.append(to_uint8(y))  # already back at the input size
     return np.concatenate(out)
@@ -76,6 +77,9 @@ def main() -> None:
     ap.add_argument("--flipnet", action="append", default=[],
                     help="FLIPNET weights folder (degradation mode); repeatable")
     ap.add_argument("--flipnet-steps", type=int, default=50)
+    ap.add_argument("--flipnet-start", type=float, default=None,
+                    help="sampling start (< 1: from the HQ diffused that far); default: the "
+                    "folder's own")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/degradation-realism")
     args = ap.parse_args()
@@ -90,12 +94,14 @@ def main() -> None:
         sets[f"naive `{preset}`"] = degrade_set(hq, preset, args.seed)
     for weights in args.flipnet:  # the slow sets are kept, keyed by what made them, for reruns
         name = flipnet_label(weights)
-        key = f"{name}-steps{args.flipnet_steps}-seed{args.seed}-n{len(hq)}"
+        start = "" if args.flipnet_start is None else f"-start{args.flipnet_start:g}"
+        key = f"{name}-steps{args.flipnet_steps}{start}-seed{args.seed}-n{len(hq)}"
         cache = out / f"flipnet-{key}.npy"
         if not cache.exists():
             write_bytes_atomic(cache, _npy_bytes(flipnet_set(weights, hq, args.seed,
-                                                             args.flipnet_steps)))
-        sets[f"FLIPNET degradation mode ({name})"] = np.load(cache)
+                                                             args.flipnet_steps,
+                                                             args.flipnet_start)))
+        sets[f"FLIPNET degradation mode ({name}{start.replace('-', ', ')})"] = np.load(cache)
     real_feats, hq_ids = lowlevel_features(real), identity_features(hq)
     rows = []
     for name, images in sets.items():
