@@ -19,7 +19,8 @@ from tiny_flipnet import (  # noqa: F401 (fixture)
 )
 
 from flipnet.diffusion.flipnet_sampling import flipnet_restore, sample_flipnet
-from flipnet.models.flipnet import FlipNet, FlipNetConfig, save_flipnet
+from flipnet.errors import ConfigError
+from flipnet.models.flipnet import FlipNet, FlipNetConfig, load_flipnet, save_flipnet
 from flipnet.models.prior import save_prior
 from flipnet.models.unet import UNet
 from flipnet.weights import load_state_dict
@@ -70,11 +71,17 @@ def test_init_from_export_carries_the_source_embedder_bit_for_bit(setup, tmp_pat
         data_dir=str(root / "hq"), split="all", real_lq_dir=str(root / "real_lq"),
         pairs_dir=str(tmp_path / "pairs"), pseudo_restorer=str(root / "restorer"),
         out_dir=str(tmp_path / "tuned"), embedder=None, init_from=str(root / "flipnet"),
-        presets=("gfpgan",), flipnet=dataclasses.replace(net.config, prior=str(root / "prior")),
+        presets=("gfpgan",),  # a new sampling default start is no architecture change
+        flipnet=dataclasses.replace(net.config, prior=str(root / "prior"), start=0.5),
         batch_size=2, lr=1e-3, warmup_steps=0,
         steps=2, save_every=2, sample_every=0, sample_count=2, sample_steps=2, log_every=1,
         seed=1, threads=1)
+    other = dataclasses.replace(cfg, out_dir=str(tmp_path / "other"),
+                                flipnet=dataclasses.replace(cfg.flipnet, lora_rank=8))
+    with pytest.raises(ConfigError, match="its FlipNetConfig differs"):
+        train_flipnet(other)
     out = train_flipnet(cfg)
+    assert load_flipnet(out).config.start == 0.5
     source, tuned = load_state_dict(root / "flipnet"), load_state_dict(out)
     assert source.keys() == tuned.keys()
     emb = [k for k in source if k.startswith("embedder.")]
