@@ -148,13 +148,19 @@ def test_old_folder_loads_with_an_adapted_condition_stream(tmp_path):
                            torch.cat(loaded(x, c, t, mode="restore", context_image=c)))
 
 
-def test_shipped_flipnet_folder_keeps_its_adapted_condition_stream():
+def test_shipped_flipnet_folder_is_the_ablation_winner():
+    """The shipped weights carry the switches the ablation chose (docs/BENCHMARKS.md,
+    "Conditioning ablations"): low-noise frozen condition, injection at 64/32 px, start 0.4."""
     folder = REPO / "weights" / "flipnet-64"
     if not (folder / "config.json").is_file():
         pytest.skip("weights/flipnet-64 not present")
     cfg = load_flipnet_config(folder)
     assert (cfg.condition_stream, cfg.condition_t, cfg.injection_resolutions, cfg.start,
-            cfg.lora_cross_attention) == ("adapted", None, (), 1.0, True)
+            cfg.lora_cross_attention) == ("frozen", 50, (64, 32), 0.4, False)
+    winner = json.loads((REPO / "configs" / "flipnet-64-ablation-combined.json").read_text())
+    assert {k: v for k, v in winner["flipnet"].items() if k != "start"} == {
+        k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+        if k in winner["flipnet"] and k != "start"}
 
 
 def test_lora_stays_off_the_new_cross_attention_by_default():
