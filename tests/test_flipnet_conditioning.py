@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_flipnet import (  # noqa: F401 (fixture)
@@ -402,3 +403,24 @@ def test_a_briefly_trained_tiny_flipnet_restores_from_its_input():
     after = restoration_uses_input(restore, lq, hq)
     assert before.correlation == 0.0 and not before.passes()
     assert after.passes(min_correlation=0.3), after
+
+
+def test_shipped_flipnet_restores_from_its_input(shared_data):
+    """Issue 17's input-use check on the shipped weights and real faces: four UTKFace test-split
+    faces, degraded with the scaled gfpgan preset, restored with the folder's defaults."""
+    from flipnet.degradations.model_lq import model_lq
+    from flipnet.diffusion.flipnet_sampling import flipnet_restore
+    from flipnet.io import load_image, to_tensor
+    from flipnet.splits import in_split
+    from flipnet.training.data import resize_square
+
+    folder = REPO / "weights" / "flipnet-64"
+    if not (folder / "config.json").is_file():
+        pytest.skip("weights/flipnet-64 not present")
+    files = sorted(in_split(sorted((shared_data / "utkface").glob("*.jpg")), "test"))[:4]
+    hq = to_tensor(np.stack([resize_square(load_image(p).rgb, 128) for p in files]))
+    lq, _ = model_lq(hq, "gfpgan", model_size=128, seed=0)
+    net = load_flipnet(folder)
+    use = restoration_uses_input(lambda x: flipnet_restore(net, x, steps=10, seed=0), lq, hq)
+    assert use.passes(min_correlation=0.8), use
+    assert use.own < 0.5 * use.other, use
