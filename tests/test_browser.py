@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flipnet.gate import read_gate
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 CHROMIUM = Path(os.environ.get("FLIPNET_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -79,7 +82,8 @@ def test_methods_are_grouped_by_quality_gate_and_the_face_size_is_stated(page):
     options = {value: (text, title) for value, text, title in experimental["options"]}
     assert {"finetuned", "prior", "flipnet"} <= set(options)
     assert options["flipnet"][0] == "flipnet (experimental)"
-    assert options["flipnet"][1].startswith("ignores its input")
+    flipnet_reason = read_gate(WEIGHTS / "flipnet-64").reason
+    assert options["flipnet"][1] == flipnet_reason
     assert "restorer" in [o[0] for o in groups[0]["options"]]
     note = page.text_content("#method-note")
     assert "Faces are restored at 128 x 128 px by restorer." in note
@@ -87,7 +91,7 @@ def test_methods_are_grouped_by_quality_gate_and_the_face_size_is_stated(page):
 
     page.select_option("#method", "flipnet")
     note = page.text_content("#method-note")
-    assert note.startswith("Experimental: ignores its input")
+    assert note.startswith("Experimental: " + flipnet_reason[:40])
     assert "Faces are restored at 64 x 64 px by flipnet." in note
     assert page.get_attribute("#method-note", "data-status") == "experimental"
     page.select_option("#method", "bicubic")

@@ -261,7 +261,7 @@ def test_method_list_follows_the_quality_gates_of_the_shipped_weights():
     assert methods["restorer"]["status"] == "ready"
     assert methods["restorer"]["reason"] == read_gate(WEIGHTS / "restorer-128").reason
     assert methods["flipnet"]["status"] == "experimental"
-    assert methods["flipnet"]["reason"].startswith("ignores its input")
+    assert methods["flipnet"]["reason"] == read_gate(WEIGHTS / "flipnet-64").reason
     assert methods["prior"]["status"] == "experimental"
     assert methods["finetuned"]["status"] == "experimental"
     assert {methods[b]["status"] for b in ("input", "bicubic", "classical")} == {"baseline"}
