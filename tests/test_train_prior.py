@@ -243,3 +243,13 @@ def test_init_from_an_export_starts_at_its_weights(blobs, tmp_path):
                                                                       model_channels=8))
     with pytest.warns(UserWarning), pytest.raises(ConfigError, match="differs"):
         train_prior(_cfg(blobs, tmp_path / "bad", init_from=str(first), prior=wider))
+
+
+def test_lr_decay_from_anneals_the_last_leg_to_zero(blobs, tmp_path):
+    with pytest.warns(UserWarning):  # the corrupt blob
+        train_prior(_cfg(blobs, tmp_path / "run", steps=8, save_every=8, lr_decay_from=4))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert lrs[:4] == pytest.approx([2e-3] * 4)  # constant until the decay starts
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:]))  # then strictly falling
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[5] == pytest.approx(2e-3 * 0.5 * (1 + np.cos(np.pi * 2 / 4)))  # half a cosine

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -45,6 +44,7 @@ from flipnet.training.harness import (
     TrainingRun,
     TrainProgress,
     append_log,
+    cosine_decay_lr,
     every,
     hardware_name,
     make_loader,
@@ -133,10 +133,8 @@ class AutoencoderTrainConfig:
 def _lr_at(cfg: AutoencoderTrainConfig, step: int) -> float:
     """Linear warmup, then constant or cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
     lr = warmup_lr(cfg.lr, step, cfg.warmup_steps)
-    if cfg.lr_schedule == "cosine" and step > cfg.warmup_steps:
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        lr = cfg.lr * (cfg.min_lr_ratio
-                       + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    if cfg.lr_schedule == "cosine":
+        lr = cosine_decay_lr(lr, step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     return lr
 
 

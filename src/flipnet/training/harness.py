@@ -67,6 +67,14 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     return lr * min(1.0, step / max(1, warmup_steps))
 
 
+def cosine_decay_lr(lr: float, step: int, start: int, end: int, min_ratio: float = 0.0) -> float:
+    """``lr`` until ``start``, then a half cosine down to ``lr * min_ratio`` at ``end``."""
+    if step <= start:
+        return lr
+    frac = min(1.0, (step - start) / max(1, end - start))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     """Set every parameter group's learning rate to ``lr``; returns ``lr``."""
     for group in optimizer.param_groups:

@@ -32,6 +32,7 @@ from flipnet.training.harness import (
     EMA,
     TrainingRun,
     TrainProgress,
+    cosine_decay_lr,
     hardware_name,
     make_loader,
     run_from_argv,
@@ -62,6 +63,9 @@ class PriorTrainConfig:
     grad_accum: int = field(default=1, metadata=_h("micro-batches per optimizer step"))
     lr: float = field(default=2e-4, metadata=_h("AdamW learning rate after warmup"))
     warmup_steps: int = field(default=200, metadata=_h("linear learning-rate warmup steps"))
+    lr_decay_from: int = field(default=0, metadata=_h(
+        "cosine decay of the learning rate from this step to 0 at `steps` (the last leg's "
+        "anneal); 0 = constant after warmup"))
     weight_decay: float = field(default=0.0, metadata=_h("AdamW weight decay"))
     steps: int = field(default=100_000, metadata=_h("optimizer steps in total"))
     max_minutes: float = field(default=0.0, metadata=_h("stop (save + export) after this wall "
@@ -222,7 +226,10 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     noise_gen = torch.Generator(device=device)
     batches = run.batches(loader, sampler, per_step=cfg.grad_accum)
     for step in run.steps(cfg.steps, desc="prior", save_samples=save_samples):
-        lr = set_lr(opt, warmup_lr(cfg.lr, step, cfg.warmup_steps))
+        lr = warmup_lr(cfg.lr, step, cfg.warmup_steps)
+        if cfg.lr_decay_from > 0:
+            lr = cosine_decay_lr(lr, step, cfg.lr_decay_from, cfg.steps)
+        lr = set_lr(opt, lr)
         # one optimizer step = grad_accum micro-batches; noise = f(seed, step, rank)
         for micro in range(cfg.grad_accum):
             x0 = next(batches)

@@ -13,7 +13,6 @@ test faces.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,6 +39,7 @@ from flipnet.training.harness import (
     TrainingRun,
     TrainProgress,
     append_log,
+    cosine_decay_lr,
     hardware_name,
     make_loader,
     run_from_argv,
@@ -187,10 +187,8 @@ def sampling_weights(cfg: RestorerTrainConfig, dataset) -> list[float] | None:
 def _lr_at(cfg: RestorerTrainConfig, step: int) -> float:
     """Linear warmup, then constant or cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
     lr = warmup_lr(cfg.lr, step, cfg.warmup_steps)
-    if cfg.lr_schedule == "cosine" and step > cfg.warmup_steps:
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi
-                                                                                        * frac)))
+    if cfg.lr_schedule == "cosine":
+        lr = cosine_decay_lr(lr, step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     return lr
 
 
