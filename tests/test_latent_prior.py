@@ -246,3 +246,21 @@ def test_pixel_priors_take_the_unchanged_path():
     cfg = GuidedResampleConfig(respaced_steps=20, t0=10, tau=4, seed=2)
     torch.testing.assert_close(prior_resample(prior, y, cfg, first_index=3),
                                guided_resample(prior, y, cfg, first_index=3), atol=0, rtol=0)
+
+
+def test_prior_feature_loss_reads_a_latent_prior_through_its_encoder(latent_folder):
+    """``finetune``'s default perceptual term (prior features) works on a latent prior."""
+    from flipnet.training.losses import PriorFeatureLoss, make_perceptual_loss
+
+    loss = make_perceptual_loss("auto", prior_path=latent_folder)
+    assert isinstance(loss, PriorFeatureLoss) and loss.autoencoder is not None
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(2, 3, 16, 16, generator=g)).clamp(-1, 1).requires_grad_()
+    assert loss.features(x)[0].shape[-2:] == (8, 8)  # the UNet sees 8 x 8 latents
+    assert float(loss(x, x.clone())) == pytest.approx(0.0, abs=1e-6)
+    value = loss(y, x)
+    assert float(value.detach()) > 1e-4
+    value.backward()
+    assert y.grad.abs().sum() > 0  # the gradient reaches the image through the encoder
+    assert all(p.grad is None for p in loss.parameters())  # the prior stays frozen

@@ -73,7 +73,10 @@ def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
 
 
 class PriorFeatureLoss(nn.Module):
-    """L1 between a frozen diffusion prior's encoder features of pred and target at step ``t``."""
+    """L1 between a frozen diffusion prior's encoder features of pred and target at step ``t``.
+
+    Pixel and latent priors alike: on a latent prior both images go through its frozen encoder
+    first (differentiable, so the gradient reaches pred through it)."""
 
     def __init__(self, prior, *, t: int = 50, blocks: int | None = None, seed: int = 0):
         super().__init__()
@@ -84,26 +87,27 @@ class PriorFeatureLoss(nn.Module):
         if not (hasattr(unet, "input_blocks") and hasattr(unet, "time_embed")):
             raise WeightsError(f"{prior.source}: prior feature loss needs a flipnet UNet prior "
                                f"(got a {prior.kind} model)")
-        if getattr(prior, "autoencoder", None) is not None:
-            raise WeightsError(f"{prior.source}: prior feature loss needs a pixel-space prior "
-                               "(this is a latent prior)")
         self.unet = unet.eval().requires_grad_(False)
+        ae = getattr(prior, "autoencoder", None)
+        self.autoencoder = None if ae is None else ae.eval().requires_grad_(False)
         self.size, self.t = prior.image_size, t
         self.blocks = blocks or len(unet.input_blocks)
         abar = float(make_schedule(prior.schedule).alphas_cumprod[t])
         self.a, self.s = abar**0.5, (1 - abar) ** 0.5
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("noise", torch.randn((1, 3, self.size, self.size), generator=g))
+        self.register_buffer("noise", torch.randn((1, *prior.latent_shape), generator=g))
         tt = torch.full((1,), float(t))
         with torch.no_grad():
             emb = unet.time_embed(timestep_embedding(tt, unet.config.model_channels))
         self.register_buffer("emb", emb)  # (1, 4 * model_channels)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder feature maps of x (B, 3, H, W) in [-1, 1] after resize and noising."""
+        """Encoder feature maps of x (B, 3, H, W) in [-1, 1] after resize, encoding (latent
+        priors) and noising."""
         x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear",
                           align_corners=False, antialias=True)
-        h = self.a * x + self.s * self.noise  # x_t with the same noise for pred and target
+        z = x if self.autoencoder is None else self.autoencoder.encode(x)
+        h = self.a * z + self.s * self.noise  # z_t with the same noise for pred and target
         emb = self.emb.expand(x.shape[0], -1)
         out = []
         for block in self.unet.input_blocks[: self.blocks]:
