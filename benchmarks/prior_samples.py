@@ -20,7 +20,8 @@ one stopped.
 Several priors (issue 18's equal-budget comparison): ``--weights NAME=PATH,NAME=PATH`` and
 ``--size 128`` score every prior's samples at one pixel size (bicubic up-sampling of smaller
 priors' faces; the real faces are read at that size), and ``--grid FILE`` writes their first
-samples side by side, one row block per prior.
+samples side by side, one row block per prior (no real faces: the dataset's images stay out
+of figures).
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def main() -> None:
         rows += prior_rows
         blocks.append(make_grid(list(first[:16]), ncol=16))
     if args.grid:
-        save_grid(args.grid, [make_grid(list(real_faces[:16]), ncol=16)] + blocks, ncol=1)
+        # samples only: the real faces are dataset images, which figures never reproduce
+        save_grid(args.grid, blocks, ncol=1)
     meta = {"weights": args.weights, "size": args.size, "device": args.device,
             "hardware": torch.cuda.get_device_name() if args.device == "cuda" else "CPU",
             "threads": torch.get_num_threads(), "real": args.real, "rows": rows}

@@ -264,3 +264,24 @@ def test_prior_feature_loss_reads_a_latent_prior_through_its_encoder(latent_fold
     value.backward()
     assert y.grad.abs().sum() > 0  # the gradient reaches the image through the encoder
     assert all(p.grad is None for p in loss.parameters())  # the prior stays frozen
+
+
+def test_the_default_prior_is_the_shipped_latent_128_prior(tmp_path):
+    """Issue 18: the latent prior is the default of `sample`, `--method prior`, `pseudo-targets`
+    and `finetune`, and it makes 128 px faces."""
+    from flipnet.cli import cli
+    from flipnet.pipelines.pseudo_targets import PseudoTargetConfig
+    from flipnet.training.finetune import FinetuneConfig
+    from flipnet.weights import DEFAULT_WEIGHTS, resolve_weights
+
+    assert FinetuneConfig().prior == PseudoTargetConfig().prior == DEFAULT_WEIGHTS["prior"]
+    prior = load_prior(resolve_weights(DEFAULT_WEIGHTS["prior"]))
+    assert prior.image_size == 128 and prior.latent_shape == (4, 32, 32)
+    assert prior.autoencoder is not None and not prior.clip_x0
+    result = CliRunner().invoke(cli, ["sample", "--n", "2", "--steps", "3", "--batch-size", "2",
+                                      "--device", "cpu", "-o", str(tmp_path / "grid.png"),
+                                      "--individual", str(tmp_path / "faces")])
+    assert result.exit_code == 0, result.output
+    faces = [load_image(p).rgb for p in list_images(tmp_path / "faces")]
+    assert [f.shape for f in faces] == [(128, 128, 3)] * 2
+    assert np.abs(faces[0].astype(int) - faces[1].astype(int)).mean() > 5  # two different faces

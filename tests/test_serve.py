@@ -267,7 +267,7 @@ def test_method_list_follows_the_quality_gates_of_the_shipped_weights():
     assert {methods[b]["status"] for b in ("input", "bicubic", "classical")} == {"baseline"}
     # the face size each restores at, from its weights' config (baselines: the 128 px crop)
     assert {n: m["face_size"] for n, m in methods.items()} == {
-        "restorer": 128, "finetuned": 128, "prior": 64, "flipnet": 64,
+        "restorer": 128, "finetuned": 128, "prior": 128, "flipnet": 64,
         "bicubic": 128, "classical": 128, "input": 128}
     assert listing["default"] == "restorer"
     assert all(m["fidelity"] == (m["name"] in ("prior", "flipnet")) for m in methods.values())

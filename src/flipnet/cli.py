@@ -355,7 +355,9 @@ def finetune(dry_run, **kwargs) -> None:
 
 
 @cli.command()
-@click.option("--weights", default="prior-64", help="Prior weights folder or shipped name.")
+@click.option("--weights", default=None,
+              help="Prior weights folder or shipped name [default: the default prior, "
+                   "prior-latent-128].")
 @click.option("--n", default=64, help="Number of faces.")
 @click.option("--steps", default=50, help="Sampling steps (respaced).")
 @click.option("--sampler", default="ddim", type=click.Choice(["ddim", "ddpm", "dpmpp_2m"]),
@@ -372,9 +374,9 @@ def sample(weights, n, steps, sampler, eta, seed, batch_size, device, out, indiv
     from flipnet.device import resolve_device
     from flipnet.pipelines.sample import check_sample_folder, sample_prior, save_samples
     from flipnet.viz import save_grid
-    from flipnet.weights import resolve_weights
+    from flipnet.weights import DEFAULT_WEIGHTS, resolve_weights
 
-    folder = resolve_weights(weights)
+    folder = resolve_weights(weights or DEFAULT_WEIGHTS["prior"])
     if individual:
         check_sample_folder(individual, folder)
     images = sample_prior(folder, n=n, steps=steps, sampler=sampler, eta=eta, seed=seed,

@@ -3,7 +3,7 @@
 ``restorer``  the fast feed-forward restorer (one forward pass; weights/restorer-128)
 ``finetuned`` the same network after unsupervised fine-tuning (weights/restorer-128-finetuned)
 ``prior``     DifFace-style restoration with the unconditional prior alone: diffuse the input to
-              an intermediate step and sample back with low-pass guidance (weights/prior-64)
+              an intermediate step and sample back with low-pass guidance (weights/prior-latent-128)
 ``flipnet``   FLIPNET restoration mode: the prior + BoostHub/LoRA/face-embedding adapters,
               sampled with the LQ as the condition stream (weights/flipnet-64; listed by
               ``available_methods`` only once trained weights are there)

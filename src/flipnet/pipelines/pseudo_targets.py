@@ -39,7 +39,7 @@ from flipnet.models.prior import load_prior
 from flipnet.pipelines.methods import make_method
 from flipnet.pipelines.prior_restore import prior_resample
 from flipnet.splits import in_split
-from flipnet.weights import resolve_weights
+from flipnet.weights import DEFAULT_WEIGHTS, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class PseudoTargetConfig:
     """Settings of ``flipnet pseudo-targets`` (paper defaults, scaled to the prior's size)."""
 
     restorer: str = field(default="restorer-128", metadata={"help": "Restorer weights."})
-    prior: str = field(default="prior-64", metadata={"help": "Prior weights."})
+    prior: str = field(default=DEFAULT_WEIGHTS["prior"], metadata={"help": "Prior weights."})
     respaced_steps: int = field(default=250, metadata={"help": "Respaced reverse steps."})
     t0: int = field(default=150, metadata={"help": "Respaced step the output is diffused to."})
     tau: int = field(default=90, metadata={"help": "Guidance stops when this many steps remain."})

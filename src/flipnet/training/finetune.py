@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flipnet.config import folder_config_class
 from flipnet.errors import FlipnetError
-from flipnet.weights import resolve_weights
+from flipnet.weights import DEFAULT_WEIGHTS, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class FinetuneConfig:
         "help": "Aligned unlabeled real LQ faces."})
     split: str = field(default="train", metadata={"help": "Split of --unlabeled to use."})
     out: str = field(default="out/finetune", metadata={"help": "Pseudo targets, checkpoints, export."})
-    prior: str = field(default="prior-64", metadata={"help": "Prior for the pseudo targets."})
+    prior: str = field(default=DEFAULT_WEIGHTS["prior"],
+                       metadata={"help": "Prior for the pseudo targets."})
     limit: int = field(default=0, metadata={"help": "Use at most this many faces (0 = all)."})
     respaced_steps: int = field(default=250, metadata={"help": "Respaced reverse steps."})
     t0: int = field(default=150, metadata={"help": "Respaced step (of --respaced-steps) to "
