@@ -285,3 +285,35 @@ def test_the_default_prior_is_the_shipped_latent_128_prior(tmp_path):
     faces = [load_image(p).rgb for p in list_images(tmp_path / "faces")]
     assert [f.shape for f in faces] == [(128, 128, 3)] * 2
     assert np.abs(faces[0].astype(int) - faces[1].astype(int)).mean() > 5  # two different faces
+
+
+class PoolAutoencoder(UnshuffleAutoencoder):
+    """A lossy stand-in: latents = f x f average pools, decode = nearest up-sampling, so
+    decode(encode(y)) loses all detail finer than f pixels."""
+
+    def __init__(self, factor: int = 4, image_size: int = 32):
+        super().__init__(factor, image_size)
+        self.config.latent_channels = 3
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.config.factor)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(z, scale_factor=self.config.factor, mode="nearest")
+
+
+def test_keep_reference_detail_on_a_latent_prior_keeps_what_the_autoencoder_loses():
+    """Pseudo targets on a latent prior: the prior edits decode(encode(y)) and the detail the
+    autoencoder cannot represent, y - decode(encode(y)), stays the reference's."""
+    sched = ScheduleConfig(num_timesteps=1000, beta_schedule="cosine", prediction="eps")
+    prior = Prior(GaussianDenoiser(make_schedule(sched), std=0.2), sched, None, "flipnet", 32,
+                  "test", autoencoder=PoolAutoencoder(4, 32))
+    y = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6
+    cfg = GuidedResampleConfig(respaced_steps=20, t0=10, tau=4, seed=1)
+    plain = guided_resample(prior, y, cfg)
+    keep = guided_resample(prior, y, dataclasses.replace(cfg, keep_reference_detail=True))
+    lost = y - prior.decode(prior.encode(y))
+    assert lost.abs().mean() > 0.05  # the autoencoder is lossy: there is detail to keep
+    inside = (plain.abs() < 0.999) & (keep.abs() < 0.999)  # away from the final clamp
+    assert inside.float().mean() > 0.9
+    torch.testing.assert_close((keep - plain)[inside], lost[inside], atol=1e-5, rtol=0)

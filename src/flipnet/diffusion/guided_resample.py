@@ -33,8 +33,9 @@ class GuidedResampleConfig:
         "help": "Low-pass down/up factor; 0 = the paper's 16 at 512 px scaled to the prior size."})
     seed: int = field(default=0, metadata={"help": "Seed; image i uses seed + i."})
     keep_reference_detail: bool = field(default=False, metadata={
-        "help": "When the prior is smaller than the image, replace only the frequencies the "
-                "prior can represent and keep the reference's finer detail."})
+        "help": "Let the prior edit only what it can represent and keep the reference's finer "
+                "detail: the band above a smaller prior's size, and on a latent prior what its "
+                "autoencoder loses (y - decode(encode(y)))."})
 
     def __post_init__(self):
         if not 0 < self.t0 < self.respaced_steps:
@@ -50,7 +51,8 @@ def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
     ``keep_reference_detail``, only the prior's change is upsampled and added to y). Image k
     draws its noise from seed + indices[k] (default first_index + k), whatever the batch.
     A latent prior (``prior.encode``/``decode``, ``factor``, ``clip_x0``) samples the reference's
-    latents with the latent factor round(N / f) and no x0 clipping, then decodes."""
+    latents with the latent factor round(N / f) and no x0 clipping, then decodes (with
+    ``keep_reference_detail``: y plus the prior's edit of decode(encode(y)))."""
     schedule = make_schedule(prior.schedule)
     size = prior.image_size
     h, w = y.shape[-2:]
@@ -66,6 +68,10 @@ def guided_resample(prior, y: torch.Tensor, cfg: GuidedResampleConfig, *,
     edit = make_lowpass_edit(z_ref, schedule, ts, factor=factor, tau=cfg.tau, generator=gens)
     x0 = prior.decode(sample_ddpm(prior.model_fn, zt, schedule, ts, generator=gens, edit=edit,
                                   clip_x0=prior.clip_x0))  # (N, 3, size, size)
+    if cfg.keep_reference_detail and getattr(prior, "autoencoder", None) is not None:
+        # the prior's edit of the autoencoder's reconstruction, added to the reference: detail
+        # the autoencoder cannot represent stays the reference's instead of being smoothed away
+        x0 = ys + (x0 - prior.decode(z_ref))
     if (h, w) != (size, size):
         up = F.interpolate(x0, size=(h, w), mode="bicubic", align_corners=False)
         if cfg.keep_reference_detail:  # y + up(x0 - down(y)): the prior edits its own band only
