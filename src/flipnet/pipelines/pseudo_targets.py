@@ -61,9 +61,10 @@ class PseudoTargetConfig:
     batch_size: int = field(default=16, metadata={"help": "Faces per batch."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps."})
     keep_restorer_detail: bool = field(default=True, metadata={
-        "help": "With a prior smaller than the restorer's faces (64 vs 128 px), the prior "
-                "replaces only the band it can represent; the restorer's finer detail stays "
-                "(ours: otherwise targets are upsampled 64 px images and fine-tuning blurs)."})
+        "help": "The prior replaces only what it can represent: the band below a smaller "
+                "prior's size (64 vs 128 px), or on a latent prior its autoencoder's "
+                "reconstruction; the restorer's finer detail stays (ours: otherwise targets "
+                "are blurred and fine-tuning blurs)."})
 
 
 def is_flipnet_folder(folder: str | Path) -> bool:
