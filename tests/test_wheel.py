@@ -26,7 +26,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
-MAX_WHEEL_BYTES = 20 * 2**20
+# the shipped fp16 weights are ~27 MiB (the default latent prior's UNet alone is 14 MiB); the cap
+# catches checkpoints, optimizer states or data shipped by mistake
+MAX_WHEEL_BYTES = 40 * 2**20
 pytestmark = pytest.mark.slow
 
 
