@@ -59,7 +59,7 @@ def _face_crop(size: int = 128) -> np.ndarray:
 def test_training_lq_is_the_lq_flipnet_sees_at_inference(tmp_path, preset):
     """Same 128 px crop, same seed: the trainers' LQ == the bench set's LQ after the sampler's
     resize to the model size (today: degraded at 64 px versus degraded at 128 px, shrunk)."""
-    from flipnet.pipelines.bench import _degrade_set
+    from flipnet.pipelines.bench import degrade_set
     from flipnet.training.face_embedding import model_lq_pairs
 
     crop, seed, model_size = _face_crop(), 1234, 64
@@ -69,7 +69,7 @@ def test_training_lq_is_the_lq_flipnet_sees_at_inference(tmp_path, preset):
                           progress=False)
     lq_train, hq_train = data[(0, False, seed)]
     # inference path: the bench set (8-bit LQ at the crop size), restored by FLIPNET
-    lq_bench, _ = _degrade_set(to_tensor(crop[None]), preset, seed)
+    lq_bench, _ = degrade_set(to_tensor(crop[None]), preset, seed)
     spy = _SpyNet(model_size)
     flipnet_restore(spy, to_tensor(to_uint8(lq_bench)), steps=2, seed=0)
     assert lq_train.shape == (3, model_size, model_size) == hq_train.shape

@@ -297,3 +297,4 @@ def test_training_draws_with_the_group_weights(faces, tmp_path, monkeypatch):
     monkeypatch.setattr(restorer_training, "PairSampler", Recording)
     train_restorer(_cfg(faces, tmp_path / "run", steps=1, gan_weight=0.0, balance_groups=True))
     assert seen == [[1.0 / 17] * 17]
+    assert "group-balanced" in (tmp_path / "run" / "restorer" / "MODEL_CARD.md").read_text()

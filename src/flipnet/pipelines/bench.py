@@ -60,7 +60,7 @@ class BenchConfig:
         "help": "Respaced steps of the prior method (DifFace-style); t0 = 0.6 of them."})
 
 
-def _degrade_set(hq, preset: str, seed: int):
+def degrade_set(hq, preset: str, seed: int):
     """LQ of a bench set: the preset scaled to the face size, or for ``small`` the gfpgan
     preset at a face size drawn per image (seed + i) from ``SMALL_FACES``."""
     import torch
@@ -106,7 +106,7 @@ def build_sets(cfg: BenchConfig) -> dict[str, dict]:
             for d in (lq_dir, gt_dir):  # another seed or n, or a killed build: start clean
                 shutil.rmtree(d, ignore_errors=True)
             with torch.no_grad():
-                lq, params = _degrade_set(to_tensor(hq), preset, cfg.seed)
+                lq, params = degrade_set(to_tensor(hq), preset, cfg.seed)
             for name, a, b in zip(names, to_uint8(lq), hq):
                 save_image(lq_dir / f"{name}.png", a)
                 save_image(gt_dir / f"{name}.png", b)

@@ -303,6 +303,8 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
                 f"per sample chosen by its seed; {cfg.small_faces.prob:.0%} rendered as faces of "
                 f"{cfg.small_faces.size[0]}-{cfg.small_faces.size[1]} px in the photo, "
                 f"{cfg.clean_prob:.0%} left undegraded")
+        if cfg.balance_groups:
+            data += "; faces drawn group-balanced (every UTKFace age band x race equally often)"
     perc = {"prior": f"diffusion-prior encoder features (`{cfg.prior_path}`, t={cfg.prior_t})",
             "lpips": f"LPIPS-{cfg.lpips_net}",
             "none": "off" if cfg.perceptual == "none" else
