@@ -43,13 +43,14 @@ def main() -> None:
     hq, ref = pixels[:args.val_count], list(pixels[args.val_count:])
     names = [p.stem for p in paths[:args.val_count]]
     emb = IdentityEmbedder(aligned=True)
+    methods = {spec: make_method_from_spec(spec) for spec in ["input", *args.methods]}  # load once
     rows = []
     for set_name in SETS:
         with torch.no_grad():
             lq, _ = degrade_set(to_tensor(hq), set_name, args.seed)
         lq = to_uint8(lq)
-        for spec in ["input", *args.methods]:
-            pred = list(make_method_from_spec(spec).restore(lq))
+        for spec, method in methods.items():
+            pred = list(method.restore(lq))
             s = score(pred, list(lq), list(hq), ref, emb)
             groups = per_group(s.pop("identity_per_image"), names)
             rows.append({"set": set_name, "method": spec, **s, "groups": groups})
