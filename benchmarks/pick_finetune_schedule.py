@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
-
-LABEL = re.compile(r"pseudo target P, (\d+) steps, t0 (\d+), tau (\d+)(?:, N (\d+))?")
 
 
 def pick(rows: list[dict], min_identity: float = 0.97) -> str:
-    """``--respaced-steps S --t0 T --tau U --factor N`` of the chosen pseudo-target row."""
-    settings = []
-    for row in rows:
-        m = LABEL.match(row["images"])
-        if m:
-            steps, t0, tau, n = (int(v) if v else 0 for v in m.groups())
-            settings.append((row, f"--respaced-steps {steps} --t0 {t0} --tau {tau} --factor {n}"))
+    """``--respaced-steps S --t0 T --tau U --factor N`` of the chosen pseudo-target row (the rows
+    with a ``setting``: the pseudo targets, not the LQ and restorer reference rows)."""
+    settings = [(row, "--respaced-steps {respaced_steps} --t0 {t0} --tau {tau} "
+                      "--factor {factor}".format(**row["setting"]))
+                for row in rows if row.get("setting")]
     if not settings:
-        raise SystemExit("no pseudo-target rows in the table")
+        raise SystemExit("no pseudo-target rows (rows with a setting) in the table; tables "
+                         "written before the setting field: rerun pseudo_target_quality.py")
     keep = [s for s in settings if s[0]["id_cos_to_lq"] >= min_identity]
     if keep:
         return min(keep, key=lambda s: s[0]["fd_lowlevel"])[1]

@@ -95,6 +95,7 @@ def main() -> None:
         grid.append(targets[:8])
         label = f"pseudo target P, {steps} steps, t0 {t0}, tau {tau}"
         row = {"images": label + (f", N {factor}" if factor else ""),
+               "setting": {"respaced_steps": steps, "t0": t0, "tau": tau, "factor": factor},
                **scores(targets, lq_ids, real_low), "s_per_target": seconds}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -19,7 +19,13 @@ def _picker():
 
 
 def _row(label, identity, fd):
-    return {"images": label, "id_cos_to_lq": identity, "fd_lowlevel": fd}
+    """A row as pseudo_target_quality.py writes it: the pseudo targets carry their setting."""
+    row = {"images": label, "id_cos_to_lq": identity, "fd_lowlevel": fd}
+    if label.startswith("pseudo target P"):
+        numbers = [int(w.strip(",")) for w in label.split() if w.strip(",").isdigit()]
+        steps, t0, tau, factor = (numbers + [0])[:4]
+        row["setting"] = {"respaced_steps": steps, "t0": t0, "tau": tau, "factor": factor}
+    return row
 
 
 def test_lowest_fd_among_targets_that_keep_identity():

@@ -15,7 +15,10 @@ its noise from
 Fidelity (restoration): ``phi = trained phi x 2 x fidelity`` (0.5 = the trained weight,
 0 = BoostHub and injections off), optionally with a start step below pure noise (``start`` < 1
 starts from the known image diffused to that fraction of the schedule, DifFace-style; default
-the folder's ``config.start``). ``phi`` is passed with every network call, never
+the folder's ``config.start``). Optional low-pass (ILVR) guidance toward the known image
+(``guidance`` = image-space factor N, ``diffusion.guidance``; on a latent prior the latent factor
+is N / f) keeps the known image's colours and layout, which the adapters alone do not always
+do; the last ``guidance_free`` of the steps run free. ``phi`` is passed with every network call, never
 set on the shared modules, so threads sampling one network with different fidelities do not
 disturb each other. The known image's face tokens are computed once per run, not per step.
 On a latent prior both streams are the autoencoder's latents (``net.encode``; the face tokens
@@ -33,11 +36,15 @@ import torch
 import torch.nn.functional as F
 
 from flipnet.degradations.model_lq import to_model_size
+from flipnet.diffusion.guidance import latent_factor, make_lowpass_edit
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import SAMPLERS, randn_like
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError
 from flipnet.models.flipnet import condition_timesteps
+
+# the low-pass reference's noise: a stream apart from the sampler's (seed + index + offset)
+GUIDANCE_SEED_OFFSET = 1_000_003
 
 
 def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -52,15 +59,21 @@ def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
                    sampler: str = "ddim", seed: int = 0, start: float | None = None,
                    indices: list[int] | None = None, phi: float | None = None,
+                   guidance: int | None = None, guidance_free: float | None = None,
                    progress: bool = False) -> torch.Tensor:
     """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1];
-    ``phi``: BoostHub weight for this run (default: the trained one); ``start``: default
-    ``net.config.start``."""
+    ``phi``: BoostHub weight for this run (default: the trained one); ``start``, ``guidance``
+    (image-space low-pass factor, 0 = off) and ``guidance_free``: defaults from ``net.config``."""
     start = net.config.start if start is None else start
+    guidance = net.config.guidance_factor if guidance is None else int(guidance)
+    free = net.config.guidance_free if guidance_free is None else guidance_free
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if not 0.0 < start <= 1.0:
         raise ConfigError(f"start must be in (0, 1], got {start}")
+    if guidance < 0 or not 0.0 <= free <= 1.0:
+        raise ConfigError(f"guidance must be >= 0 and guidance_free in [0, 1], got {guidance} "
+                          f"and {free}")
     schedule = make_schedule(net.prior_config.schedule)
     size, (h, w) = net.image_size, known.shape[-2:]
     device = next(net.parameters()).device
@@ -86,6 +99,12 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
 
     # latents are not bounded to [-1, 1]: only a pixel prior's x0 is clipped
     kwargs = {"progress": progress, "clip_x0": net.factor == 1}
+    if guidance > 0:  # ILVR toward the known image; its noise from a second per-image stream
+        ref_gens = [torch.Generator().manual_seed(seed + i + GUIDANCE_SEED_OFFSET)
+                    for i in indices]
+        kwargs["edit"] = make_lowpass_edit(cond, schedule, ts, generator=ref_gens,
+                                           factor=latent_factor(guidance, net.factor),
+                                           tau=round(len(ts) * free))
     if sampler == "ddpm":
         kwargs["generator"] = gens
     x0 = net.decode(SAMPLERS[sampler](model_fn, x, schedule, ts, **kwargs))

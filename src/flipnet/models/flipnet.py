@@ -91,6 +91,12 @@ class FlipNetConfig:
     start: float = field(default=1.0, metadata={
         "help": "sampling default: 1 = from pure noise; < 1 = from the known image diffused to "
                 "that fraction of the schedule (DifFace-style)"})
+    guidance_factor: int = field(default=0, metadata={
+        "help": "sampling default: image-space down/up factor N of low-pass (ILVR) replacement "
+                "toward the known image at every step; 0 = off"})
+    guidance_free: float = field(default=0.3, metadata={
+        "help": "sampling default: fraction of the sampled steps, at the end, run without the "
+                "low-pass replacement"})
 
 
 # what a folder saved before a key existed meant (``load_flipnet_config``)
@@ -115,6 +121,9 @@ def _check_config(cfg: FlipNetConfig, prior_cfg: PriorConfig) -> None:
                           f"prior's schedule (0 to {steps - 1})")
     if not 0.0 < cfg.start <= 1.0:
         raise ConfigError(f"FlipNetConfig.start must be in (0, 1], got {cfg.start}")
+    if cfg.guidance_factor < 0 or not 0.0 <= cfg.guidance_free <= 1.0:
+        raise ConfigError("FlipNetConfig.guidance_factor must be >= 0 and guidance_free in "
+                          f"[0, 1], got {cfg.guidance_factor} and {cfg.guidance_free}")
 
 
 def condition_timesteps(t: torch.Tensor, condition_t: int | None) -> torch.Tensor:

@@ -37,13 +37,16 @@ class FlipNetMethod:
 
     def __init__(self, folder: Path, *, device: str = "auto", batch_size: int = 16,
                  fidelity: float = 0.5, steps: int = 50, seed: int = 0, sampler: str = "ddim",
-                 start: float | None = None, prior: str | None = None):
+                 start: float | None = None, guidance: int | None = None,
+                 prior: str | None = None):
         self.device = resolve_device(device)
         self.net = load_flipnet(folder, prior=prior, device=self.device)
         self.size = CROP_SIZE  # shrunk to the prior's size as in training (model_lq)
         self.batch_size = batch_size
         self.options = {"fidelity": fidelity, "steps": steps, "seed": seed, "sampler": sampler,
-                        "start": self.net.config.start if start is None else start}
+                        "start": self.net.config.start if start is None else start,
+                        "guidance": (self.net.config.guidance_factor if guidance is None
+                                     else guidance)}
         _check_fidelity(fidelity)
 
     @torch.no_grad()
