@@ -111,6 +111,10 @@ def test_normalization_matches_the_raw_path():
     ({"latent_shift": (0.0, 0.0)}, "latent_shift has 2 entries, one per latent channel"),
     ({"latent_scale": (1.0, 1.0, 0.0, 1.0)}, "latent_scale .* must be positive"),
     ({"latent_scale": (1.0, float("nan"), 1.0, 1.0)}, "latent_scale .* is not finite"),
+    ({"decoder_channels": (8, 16)}, r"decoder_channels \[8, 16\] needs one entry per encoder "
+                                    "level"),
+    ({"decoder_channels": (8, 16, 18)}, "every decoder_channels entry must be a multiple"),
+    ({"decoder_layers_per_block": 0}, "decoder_layers_per_block = 0 is out of range"),
 ])
 def test_config_errors_name_the_setting(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -228,3 +232,28 @@ def test_decoder_only_fine_tuning_keeps_the_latents(faces, tmp_path):
     with pytest.raises(FlipnetError, match="architecture differs"):
         train_autoencoder(_train_cfg(faces, tmp_path / "arch", init_from=str(first),
                                      autoencoder=other, **kw))
+
+
+def test_a_decoder_only_leg_can_grow_the_decoder_and_keep_the_latents(faces, tmp_path):
+    kw = {"steps": 4, "sample_every": 0, "save_every": 4, "eval_count": 0}
+    first = train_autoencoder(_train_cfg(faces, tmp_path / "first", **kw))
+    wide = dataclasses.replace(TINY, decoder_channels=(16, 32, 32), decoder_layers_per_block=2)
+    assert FaceAutoencoder(wide).decoder.conv_in.out_channels == 32
+    with pytest.raises(FlipnetError, match="architecture differs"):  # the encoder would move
+        train_autoencoder(_train_cfg(faces, tmp_path / "both", init_from=str(first),
+                                     autoencoder=wide, **kw))
+    grown = train_autoencoder(_train_cfg(faces, tmp_path / "grown", init_from=str(first),
+                                         autoencoder=wide, train_encoder=False, **kw))
+    a, cfg_a = load_autoencoder(first)
+    b, cfg_b = load_autoencoder(grown)
+    assert cfg_b.decoder_levels == (16, 32, 32) and cfg_b.decoder_depth == 2
+    assert cfg_b.encoder_part() == cfg_a.encoder_part()
+    x = _images(2)
+    assert torch.equal(a.encode(x), b.encode(x))  # the same latents, so the prior stays valid
+    assert b.decode(b.encode(x)).shape == x.shape
+    assert "decoder channels [16, 32, 32] with 3 block(s) per level" in (
+        grown / "MODEL_CARD.md").read_text()
+    other = dataclasses.replace(wide, latent_channels=2)  # beyond the decoder: refused
+    with pytest.raises(FlipnetError, match="beyond the decoder"):
+        train_autoencoder(_train_cfg(faces, tmp_path / "other", init_from=str(first),
+                                     autoencoder=other, train_encoder=False, **kw))

@@ -195,6 +195,13 @@ def test_latent_prior_trains_on_cached_latents_and_exports_a_pixel_sampler(blobs
         next(autoencoder.decoder.parameters()).add_(0.5)
     LatentFaces(faces_ds, autoencoder, cache=cache, progress=False)
     assert cache.stat().st_ino == written
+    from flipnet.models.autoencoder import FaceAutoencoder  # and so does a grown decoder
+    grown = FaceAutoencoder(dataclasses.replace(
+        autoencoder.config, decoder_channels=tuple(2 * c for c in
+                                                   autoencoder.config.block_out_channels)))
+    grown.encoder.load_state_dict(autoencoder.encoder.state_dict())
+    LatentFaces(faces_ds, grown, cache=cache, progress=False)
+    assert cache.stat().st_ino == written
 
 
 def test_latent_prior_refuses_a_mismatched_autoencoder(blobs, tmp_path):

@@ -21,6 +21,8 @@ config at export, so a diffusion prior sees roughly unit-variance latents; ``dec
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from dataclasses import dataclass
@@ -52,6 +54,28 @@ class AutoencoderConfig:
     norm_num_groups: int = 16
     latent_shift: tuple[float, ...] | None = None  # per-channel mean of training latents
     latent_scale: tuple[float, ...] | None = None  # per-channel std of training latents
+    # a decoder wider or deeper than the encoder (None: as the encoder): a decoder-only leg can
+    # grow it while the frozen encoder keeps the latents, and the prior trained on them, valid
+    decoder_channels: tuple[int, ...] | None = None  # per level, encoder order (finest first)
+    decoder_layers_per_block: int | None = None  # decoder ResNet blocks per level, minus one
+
+    @property
+    def decoder_levels(self) -> tuple[int, ...]:
+        """The decoder's channels per level, finest first (``decoder_channels`` or the
+        encoder's)."""
+        return tuple(self.decoder_channels or self.block_out_channels)
+
+    @property
+    def decoder_depth(self) -> int:
+        """ResNet blocks per decoder level, minus one (as ``layers_per_block`` for the encoder)."""
+        return (self.layers_per_block if self.decoder_layers_per_block is None
+                else self.decoder_layers_per_block)
+
+    def encoder_part(self) -> AutoencoderConfig:
+        """This config without its decoder settings or latent statistics: equal for two
+        autoencoders whose encoders (and so latents) are interchangeable."""
+        return dataclasses.replace(self, decoder_channels=None, decoder_layers_per_block=None,
+                                   latent_shift=None, latent_scale=None)
 
     @property
     def factor(self) -> int:
@@ -73,12 +97,20 @@ class AutoencoderConfig:
         for name in ("image_size", "in_channels", "latent_channels", "layers_per_block"):
             _check_range(name, getattr(self, name), 1, AUTOENCODER_LIMITS[name])
         _check_range("mid_blocks", self.mid_blocks, 0, AUTOENCODER_LIMITS["mid_blocks"])
-        for c in self.block_out_channels:
-            _check_range("block_out_channels entry", c, 1, AUTOENCODER_LIMITS["channels"])
-            if self.norm_num_groups < 1 or c % self.norm_num_groups:
-                raise ConfigError(f"AutoencoderConfig: every block_out_channels entry must be a "
-                                  f"multiple of norm_num_groups = {self.norm_num_groups} "
-                                  f"(GroupNorm), got {list(self.block_out_channels)}")
+        if len(self.decoder_levels) != len(self.block_out_channels):
+            raise ConfigError(f"AutoencoderConfig.decoder_channels {list(self.decoder_levels)} "
+                              f"needs one entry per encoder level "
+                              f"({len(self.block_out_channels)})")
+        _check_range("decoder_layers_per_block", self.decoder_depth, 1,
+                     AUTOENCODER_LIMITS["layers_per_block"])
+        for name, chans in (("block_out_channels", self.block_out_channels),
+                            ("decoder_channels", self.decoder_levels)):
+            for c in chans:
+                _check_range(f"{name} entry", c, 1, AUTOENCODER_LIMITS["channels"])
+                if self.norm_num_groups < 1 or c % self.norm_num_groups:
+                    raise ConfigError(f"AutoencoderConfig: every {name} entry must be a "
+                                      f"multiple of norm_num_groups = {self.norm_num_groups} "
+                                      f"(GroupNorm), got {list(chans)}")
         if self.image_size % self.factor:
             raise ConfigError(f"AutoencoderConfig: image_size {self.image_size} is not a "
                               f"multiple of the factor f = {self.factor} "
@@ -162,12 +194,12 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
-        chans, g = cfg.block_out_channels[::-1], cfg.norm_num_groups
+        chans, g = cfg.decoder_levels[::-1], cfg.norm_num_groups
         c = chans[0]
         self.conv_in = nn.Conv2d(cfg.latent_channels, c, 3, padding=1)
         layers: list[nn.Module] = [ResnetBlock(c, c, g) for _ in range(cfg.mid_blocks)]
         for i, c_out in enumerate(chans):
-            for _ in range(cfg.layers_per_block + 1):
+            for _ in range(cfg.decoder_depth + 1):
                 layers.append(ResnetBlock(c, c_out, g))
                 c = c_out
             if i < len(chans) - 1:

@@ -124,7 +124,8 @@ class AutoencoderTrainConfig:
                                                        "per-channel shift / scale at export"))
     eval_count: int = field(default=100, metadata=_h("test-split faces for the final check"))
     init_from: str | None = field(default=None, metadata=_h(
-        "start from this exported autoencoder folder (same architecture)"))
+        "start from this exported autoencoder folder (same architecture; with train_encoder "
+        "false the decoder may differ, and then starts fresh)"))
     train_encoder: bool = field(default=True, metadata=_h(
         "False: freeze the encoder and train the decoder only, so the latents (and a latent "
         "prior trained on them) stay valid; the export keeps init_from's latent statistics"))
@@ -219,7 +220,10 @@ def _model_card(cfg: AutoencoderTrainConfig, progress: TrainProgress, *, n_image
         f"# flipnet face autoencoder ({a.image_size} px, f = {a.factor})\n",
         (f"- model: conv-only KL autoencoder (LDM layout without attention), channels "
          f"{list(a.block_out_channels)}, {a.layers_per_block} ResNet block(s) per level, "
-         f"{a.mid_blocks} mid block(s), GroupNorm {a.norm_num_groups}; {n_params / 1e6:.3f} M "
+         + (f"decoder channels {list(a.decoder_levels)} with {a.decoder_depth + 1} block(s) per "
+            f"level, " if a.decoder_levels != tuple(a.block_out_channels)
+            or a.decoder_depth != a.layers_per_block else "")
+         + f"{a.mid_blocks} mid block(s), GroupNorm {a.norm_num_groups}; {n_params / 1e6:.3f} M "
          f"parameters; a {a.image_size} px face -> a ({a.latent_channels}, {a.latent_size}, "
          f"{a.latent_size}) latent"),
         (f"- data: `{cfg.data_dir}`, split `{cfg.split}` ({n_images} faces; flipnet.splits: "
@@ -380,11 +384,20 @@ def _initial_autoencoder(cfg: AutoencoderTrainConfig
     if cfg.init_from:
         start, start_cfg = load_autoencoder(cfg.init_from)
         unnormalised = dataclasses.replace(start_cfg, latent_shift=None, latent_scale=None)
-        if unnormalised != dataclasses.replace(cfg.autoencoder, latent_shift=None,
-                                               latent_scale=None):
+        same = unnormalised == dataclasses.replace(cfg.autoencoder, latent_shift=None,
+                                                   latent_scale=None)
+        # a decoder-only leg may grow the decoder: the encoder comes over, the new decoder
+        # starts fresh
+        new_decoder = (not same and not cfg.train_encoder
+                       and start_cfg.encoder_part() == cfg.autoencoder.encoder_part())
+        if not (same or new_decoder):
             raise ConfigError(f"{cfg.init_from}: its architecture differs from this run's "
-                              "autoencoder config")
-        model.load_state_dict(start.state_dict())
+                              "autoencoder config" + ("" if cfg.train_encoder else
+                                                      " (beyond the decoder)"))
+        if new_decoder:
+            model.encoder.load_state_dict(start.encoder.state_dict())
+        else:
+            model.load_state_dict(start.state_dict())
     elif not cfg.train_encoder:
         raise ConfigError("train_encoder = false needs init_from (a trained encoder to keep)")
     if not cfg.train_encoder:

@@ -150,8 +150,11 @@ class LatentFaces(Dataset):
 def _latent_cache_key(faces: FaceFolder, autoencoder: torch.nn.Module) -> str:
     import hashlib
     import json
-    from dataclasses import asdict
-    h = hashlib.sha1(json.dumps(asdict(autoencoder.config), sort_keys=True).encode())
+    from dataclasses import asdict, replace
+
+    # the decoder's settings do not change the latents (a grown decoder keeps the cache)
+    encoding = replace(autoencoder.config, decoder_channels=None, decoder_layers_per_block=None)
+    h = hashlib.sha1(json.dumps(asdict(encoding), sort_keys=True).encode())
     for p in faces.paths:
         h.update(str(p).encode())
     h.update(str(faces.size).encode())
