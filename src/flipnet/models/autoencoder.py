@@ -22,7 +22,6 @@ config at export, so a diffusion prior sees roughly unit-variance latents; ``dec
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 from dataclasses import dataclass
