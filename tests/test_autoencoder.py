@@ -257,3 +257,14 @@ def test_a_decoder_only_leg_can_grow_the_decoder_and_keep_the_latents(faces, tmp
     with pytest.raises(FlipnetError, match="beyond the decoder"):
         train_autoencoder(_train_cfg(faces, tmp_path / "other", init_from=str(first),
                                      autoencoder=other, train_encoder=False, **kw))
+
+
+def test_the_multiscale_term_is_logged_weighted_and_named_in_the_card(faces, tmp_path):
+    kw = {"steps": 3, "sample_every": 0, "save_every": 3, "eval_count": 0, "gan_weight": 0.0}
+    folder = train_autoencoder(_train_cfg(faces, tmp_path / "pyr", pyramid_weight=2.0, **kw))
+    logged = [json.loads(line) for line in (tmp_path / "pyr" / "log.jsonl").open()]
+    assert all(row["pyramid"] > 0 for row in logged if "l1" in row)  # (not the val rows)
+    assert "multi-scale L1 (2x-16x pooled) x2.0" in (folder / "MODEL_CARD.md").read_text()
+    plain = train_autoencoder(_train_cfg(faces, tmp_path / "plain", **kw))
+    assert "pyramid" not in json.loads((tmp_path / "plain" / "log.jsonl").open().readline())
+    assert "multi-scale" not in (plain / "MODEL_CARD.md").read_text()

@@ -57,9 +57,12 @@ from flipnet.training.losses import (
     gan_discriminator_loss,
     gan_generator_loss,
     l1_loss,
+    pyramid_l1_loss,
 )
 from flipnet.training.pairs import load_faces
 from flipnet.viz import save_curve, save_grid
+
+PYRAMID_LEVELS = 4  # pooled by 2, 4, 8 and 16: a 128 px face's colour and tone at 8-64 px
 
 # settings that may change between a run and its continuation without changing the result
 # ("steps" too when the learning rate does not depend on it)
@@ -102,6 +105,9 @@ class AutoencoderTrainConfig:
     hflip: bool = field(default=True, metadata=_h("random horizontal flips"))
     l1_weight: float = field(default=1.0, metadata=_h("pixel L1 weight"))
     fft_weight: float = field(default=0.1, metadata=_h("Fourier-amplitude L1 weight"))
+    pyramid_weight: float = field(default=0.0, metadata=_h(
+        "L1 on 2x .. 16x average-pooled copies: holds each face's colour and tone, which pixel "
+        "L1 with the GAN and FFT terms let drift (a pink cast)"))
     kl_weight: float = field(default=1e-6, metadata=_h(
         "KL weight (KL summed over latent dims / number of image values; 1e-6 as in LDM)"))
     sample_posterior: bool = field(default=True, metadata=_h(
@@ -229,7 +235,9 @@ def _model_card(cfg: AutoencoderTrainConfig, progress: TrainProgress, *, n_image
         (f"- data: `{cfg.data_dir}`, split `{cfg.split}` ({n_images} faces; flipnet.splits: "
          f"SHA-1 of the file name, lowest 5% held out as test; {cfg.val_count} more held out of "
          f"training for the validation curve), horizontal flips: {cfg.hflip}"),
-        (f"- losses: L1 x{cfg.l1_weight}, FFT amplitude L1 x{cfg.fft_weight}, KL x"
+        (f"- losses: L1 x{cfg.l1_weight}, FFT amplitude L1 x{cfg.fft_weight}, "
+         + (f"multi-scale L1 (2x-{2 ** PYRAMID_LEVELS}x pooled) x{cfg.pyramid_weight}, "
+            if cfg.pyramid_weight else "") + "KL x"
          f"{cfg.kl_weight} (summed over latent dims / image values), GAN ({cfg.gan_loss}, "
          f"PatchGAN width {cfg.discriminator.width}, {cfg.discriminator.layers} layers) x"
          f"{cfg.gan_weight} from step {cfg.gan_start}; decoder sees "
@@ -301,7 +309,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
         return save_grid(path, torch.cat([fixed, recon]), ncol=len(fixed))
 
     weights = {"l1": cfg.l1_weight, "fft": cfg.fft_weight, "kl": cfg.kl_weight,
-               "gan_g": cfg.gan_weight}
+               "pyramid": cfg.pyramid_weight, "gan_g": cfg.gan_weight}
     values_per_image = cfg.autoencoder.in_channels * size * size
     noise_gen = torch.Generator(device=device)
     batches = run.batches(loader, sampler)
@@ -319,6 +327,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
         parts = {"l1": l1_loss(recon, x)}
         if cfg.fft_weight:
             parts["fft"] = fft_amplitude_loss(recon, x)
+        if cfg.pyramid_weight:
+            parts["pyramid"] = pyramid_l1_loss(recon, x, levels=PYRAMID_LEVELS)
         parts["kl"] = kl_divergence(mean.float(), logvar.float()).mean() / values_per_image
         if gan_on:
             disc.requires_grad_(False)
