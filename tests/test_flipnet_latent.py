@@ -160,6 +160,12 @@ def test_lowpass_guidance_keeps_the_known_images_low_frequencies_in_pixels():
     assert torch.allclose(flipnet_restore(default, lq, steps=10, seed=2), guided, atol=1e-5)
     single = flipnet_restore(default, lq[1:], steps=10, seed=2, indices=[1])
     assert torch.allclose(single, guided[1:], atol=1e-5)
+    # degradation mode does not take the restoration default, only an explicit request
+    assert torch.allclose(flipnet_degrade(default, lq, steps=10, seed=2),
+                          flipnet_degrade(net, lq, steps=10, seed=2), atol=1e-6)
+    assert not torch.allclose(flipnet_degrade(default, lq, steps=10, seed=2, guidance=4,
+                                              guidance_free=0.0),
+                              flipnet_degrade(net, lq, steps=10, seed=2), atol=1e-3)
 
 
 def test_guidance_settings_are_checked():

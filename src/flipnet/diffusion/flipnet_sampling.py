@@ -63,9 +63,12 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
                    progress: bool = False) -> torch.Tensor:
     """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1];
     ``phi``: BoostHub weight for this run (default: the trained one); ``start``, ``guidance``
-    (image-space low-pass factor, 0 = off) and ``guidance_free``: defaults from ``net.config``."""
+    (image-space low-pass factor, 0 = off; the folder's default applies to restoration only) and
+    ``guidance_free``: defaults from ``net.config``."""
     start = net.config.start if start is None else start
-    guidance = net.config.guidance_factor if guidance is None else int(guidance)
+    if guidance is None:  # the folder's default is chosen for restoration; degrading asks
+        guidance = net.config.guidance_factor if mode == "restore" else 0
+    guidance = int(guidance)
     free = net.config.guidance_free if guidance_free is None else guidance_free
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")

@@ -92,8 +92,9 @@ class FlipNetConfig:
         "help": "sampling default: 1 = from pure noise; < 1 = from the known image diffused to "
                 "that fraction of the schedule (DifFace-style)"})
     guidance_factor: int = field(default=0, metadata={
-        "help": "sampling default: image-space down/up factor N of low-pass (ILVR) replacement "
-                "toward the known image at every step; 0 = off"})
+        "help": "restoration's sampling default: image-space down/up factor N of low-pass "
+                "(ILVR) replacement toward the LQ at every step; 0 = off (degradation mode "
+                "uses guidance only when a call asks for it)"})
     guidance_free: float = field(default=0.3, metadata={
         "help": "sampling default: fraction of the sampled steps, at the end, run without the "
                 "low-pass replacement"})
