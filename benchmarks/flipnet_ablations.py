@@ -17,7 +17,8 @@ setting (``--starts`` too: issue 17's DifFace-style start from the diffused LQ i
 switch of any trained folder), and ``fidelity.png`` plots identity against NIQE per fidelity
 (issue 17's curve; the seconds per face column gives the speed per step count).
 ``--guidances`` adds low-pass (ILVR) guidance toward the LQ as a further sampling switch
-(image-space factors, 0 = off). Sampling settings are chosen on held-in *train-split* faces that
+(image-space factors, 0 = off), ``--color-fixes`` the pixel colour fix after decoding.
+Sampling settings are chosen on held-in *train-split* faces that
 FLIPNET did not train on, never on the test split: ``--heldin-first K`` scores train-split faces
 K .. K + n instead (K at least the configs' ``max_images``, which FLIPNET trains on), degraded
 exactly as the bench's gfpgan set, with the next 200 train faces as the FD reference.
@@ -161,6 +162,8 @@ def main() -> None:
                     "each folder's own")
     ap.add_argument("--guidances", default="config", help="comma list of low-pass guidance "
                     "factors (image px; 0 = off); config = each folder's own")
+    ap.add_argument("--color-fixes", default="config", help="comma list of pixel colour-fix "
+                    "factors after decoding (0 = off); config = each folder's own")
     ap.add_argument("--heldin-first", type=int, default=None, help="score train-split faces "
                     "from this index (not the test split); for choosing sampling settings")
     ap.add_argument("--utkface", default="out/prepared/utkface-128")
@@ -194,6 +197,7 @@ def main() -> None:
     step_counts = [int(v) for v in str(args.steps).split(",")]
     starts = [None if v == "config" else float(v) for v in args.starts.split(",")]
     guidances = [None if v == "config" else int(v) for v in args.guidances.split(",")]
+    fixes = [None if v == "config" else int(v) for v in args.color_fixes.split(",")]
     curve, capped = {}, set()
     lq_tensor, gt_tensor = to_tensor(np.stack(lq)), to_tensor(np.stack(gt))
     for config in args.configs:
@@ -203,11 +207,11 @@ def main() -> None:
             capped.add(net.config.prior)
             add(f"HQ through {Path(net.config.prior).name}'s autoencoder",
                 through_autoencoder(net, gt), {})
-        for fidelity, steps, start, guide in itertools.product(fidelities, step_counts, starts,
-                                                               guidances):
-            def restore(x, indices=None, f=fidelity, k=steps, s0=start, g=guide):
+        for fidelity, steps, start, guide, fix in itertools.product(
+                fidelities, step_counts, starts, guidances, fixes):
+            def restore(x, indices=None, f=fidelity, k=steps, s0=start, g=guide, c=fix):
                 return flipnet_restore(net, x, steps=k, seed=0, fidelity=f, start=s0,
-                                       guidance=g, indices=indices)
+                                       guidance=g, color_fix=c, indices=indices)
 
             t0 = time.perf_counter()
             pred = [to_uint8(restore(lq_tensor[i:i + 16],
@@ -222,9 +226,12 @@ def main() -> None:
                          f"{'config' if start is None else f'{start:g}'})")
             if len(guidances) > 1 or guide:
                 name += f" guidance {net.config.guidance_factor if guide is None else guide}"
+            if len(fixes) > 1 or fix:
+                name += f" colour fix {net.config.color_fix if fix is None else fix}"
             add(name, pred, {
                 "fidelity": fidelity, "steps": steps, "start": start or net.config.start,
                 "guidance": net.config.guidance_factor if guide is None else guide,
+                "color_fix": net.config.color_fix if fix is None else fix,
                 "train_minutes": card_minutes(folder), "seconds_per_face": round(seconds, 3),
                 "input_correlation": round(use.correlation, 3),
                 "rmse_own": round(use.own, 4), "rmse_other": round(use.other, 4),

@@ -176,3 +176,25 @@ def test_guidance_settings_are_checked():
         flipnet_restore(net, torch.zeros(1, 3, 16, 16), steps=3, guidance=-1)
     with pytest.raises(ConfigError, match="guidance_free"):
         flipnet_restore(net, torch.zeros(1, 3, 16, 16), steps=3, guidance=4, guidance_free=2)
+
+
+def test_colour_fix_gives_the_restoration_the_inputs_low_band():
+    from flipnet.diffusion.guidance import lowpass
+
+    net = _fresh_unshuffle_flipnet()
+    g = torch.Generator().manual_seed(4)
+    lq = torch.rand(2, 3, 16, 16, generator=g) * 1.2 - 0.6
+    free = flipnet_restore(net, lq, steps=4, seed=1)
+    fixed = flipnet_restore(net, lq, steps=4, seed=1, color_fix=4)
+
+    def low_error(x):
+        return (lowpass(x, 4) - lowpass(lq, 4)).pow(2).mean().sqrt().item()
+
+    assert low_error(fixed) < 0.3 * low_error(free)
+    # the detail above the band is the sample's own (up to the final clamp to [-1, 1])
+    high_fixed, high_free = fixed - lowpass(fixed, 4), free - lowpass(free, 4)
+    assert torch.corrcoef(torch.stack([high_fixed.flatten(), high_free.flatten()]))[0, 1] > 0.9
+    default = _fresh_unshuffle_flipnet(color_fix=4)  # the folder's default, restoration only
+    assert torch.allclose(flipnet_restore(default, lq, steps=4, seed=1), fixed, atol=1e-5)
+    assert torch.allclose(flipnet_degrade(default, lq, steps=4, seed=1),
+                          flipnet_degrade(net, lq, steps=4, seed=1), atol=1e-6)

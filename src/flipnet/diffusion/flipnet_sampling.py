@@ -18,7 +18,10 @@ starts from the known image diffused to that fraction of the schedule, DifFace-s
 the folder's ``config.start``). Optional low-pass (ILVR) guidance toward the known image
 (``guidance`` = image-space factor N, ``diffusion.guidance``; on a latent prior the latent factor
 is N / f) keeps the known image's colours and layout, which the adapters alone do not always
-do; the last ``guidance_free`` of the steps run free. ``phi`` is passed with every network call, never
+do; the last ``guidance_free`` of the steps run free. ``color_fix`` (restoration) swaps the
+decoded result's low band (pixel factor N) for the LQ's, as the colour fixes of StableSR and
+DiffBIR do after decoding: a latent prior's decoder can shift colour that no latent guidance
+reaches. ``phi`` is passed with every network call, never
 set on the shared modules, so threads sampling one network with different fidelities do not
 disturb each other. The known image's face tokens are computed once per run, not per step.
 On a latent prior both streams are the autoencoder's latents (``net.encode``; the face tokens
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from flipnet.degradations.model_lq import to_model_size
-from flipnet.diffusion.guidance import latent_factor, make_lowpass_edit
+from flipnet.diffusion.guidance import latent_factor, lowpass, make_lowpass_edit
 from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import SAMPLERS, randn_like
 from flipnet.diffusion.schedules import make_schedule
@@ -60,20 +63,25 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
                    sampler: str = "ddim", seed: int = 0, start: float | None = None,
                    indices: list[int] | None = None, phi: float | None = None,
                    guidance: int | None = None, guidance_free: float | None = None,
-                   progress: bool = False) -> torch.Tensor:
+                   color_fix: int | None = None, progress: bool = False) -> torch.Tensor:
     """Sample the target stream given the known condition image (N, 3, H, W) in [-1, 1];
     ``phi``: BoostHub weight for this run (default: the trained one); ``start``, ``guidance``
     (image-space low-pass factor, 0 = off; the folder's default applies to restoration only) and
-    ``guidance_free``: defaults from ``net.config``."""
+    ``guidance_free``: defaults from ``net.config``; ``color_fix``: pixel low-band factor taken
+    from the known image after decoding (restoration's default ``net.config.color_fix``)."""
     start = net.config.start if start is None else start
     if guidance is None:  # the folder's default is chosen for restoration; degrading asks
         guidance = net.config.guidance_factor if mode == "restore" else 0
     guidance = int(guidance)
+    if color_fix is None:
+        color_fix = net.config.color_fix if mode == "restore" else 0
     free = net.config.guidance_free if guidance_free is None else guidance_free
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if not 0.0 < start <= 1.0:
         raise ConfigError(f"start must be in (0, 1], got {start}")
+    if color_fix < 0:
+        raise ConfigError(f"color_fix must be >= 0, got {color_fix}")
     if guidance < 0 or not 0.0 <= free <= 1.0:
         raise ConfigError(f"guidance must be >= 0 and guidance_free in [0, 1], got {guidance} "
                           f"and {free}")
@@ -111,6 +119,8 @@ def sample_flipnet(net, known: torch.Tensor, *, mode: str, steps: int = 50,
     if sampler == "ddpm":
         kwargs["generator"] = gens
     x0 = net.decode(SAMPLERS[sampler](model_fn, x, schedule, ts, **kwargs))
+    if color_fix > 0:  # the known image's colour and tone, the sample's detail
+        x0 = x0 - lowpass(x0, color_fix) + lowpass(image, color_fix)
     return _resize(x0, (h, w)).clamp(-1, 1)
 
 

@@ -95,6 +95,9 @@ class FlipNetConfig:
         "help": "restoration's sampling default: image-space down/up factor N of low-pass "
                 "(ILVR) replacement toward the LQ at every step; 0 = off (degradation mode "
                 "uses guidance only when a call asks for it)"})
+    color_fix: int = field(default=0, metadata={
+        "help": "restoration's default: after decoding, the result's pixel low band (down/up "
+                "factor N) is replaced by the LQ's, a colour fix as in StableSR/DiffBIR; 0 = off"})
     guidance_free: float = field(default=0.3, metadata={
         "help": "sampling default: fraction of the sampled steps, at the end, run without the "
                 "low-pass replacement"})
@@ -122,6 +125,8 @@ def _check_config(cfg: FlipNetConfig, prior_cfg: PriorConfig) -> None:
                           f"prior's schedule (0 to {steps - 1})")
     if not 0.0 < cfg.start <= 1.0:
         raise ConfigError(f"FlipNetConfig.start must be in (0, 1], got {cfg.start}")
+    if cfg.color_fix < 0:
+        raise ConfigError(f"FlipNetConfig.color_fix must be >= 0, got {cfg.color_fix}")
     if cfg.guidance_factor < 0 or not 0.0 <= cfg.guidance_free <= 1.0:
         raise ConfigError("FlipNetConfig.guidance_factor must be >= 0 and guidance_free in "
                           f"[0, 1], got {cfg.guidance_factor} and {cfg.guidance_free}")
