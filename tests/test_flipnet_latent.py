@@ -64,15 +64,7 @@ def test_latent_flipnet_works_in_pixels_and_saves_no_autoencoder(latent_prior, t
 def test_restoration_on_a_latent_prior_depends_on_its_input():
     # an exactly invertible stand-in autoencoder (latents = pixel patches), so the decoder
     # does not hide what the latents carry
-    unet_cfg = dataclasses.replace(TINY_LATENT.unet, in_channels=12, out_channels=12)
-    torch.manual_seed(3)
-    unet = UNet(unet_cfg)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.normal_(0, 0.05)
-    prior_cfg = dataclasses.replace(TINY_LATENT, unet=unet_cfg)
-    net = FlipNet(FlipNetConfig(embedding=TINY_EMB, lora_rank=2), prior_cfg,
-                  prior_state=unet.state_dict(), autoencoder=UnshuffleAutoencoder(2, 16)).eval()
+    net = _fresh_unshuffle_flipnet()
     assert net.image_size == 16
     _randomise_adapters(net, scale=0.3)
     g = torch.Generator().manual_seed(0)
@@ -87,8 +79,7 @@ def test_restoration_on_a_latent_prior_depends_on_its_input():
     # same seed, different LQ: different outputs (far above float noise) once the adapters
     # carry the condition; a fresh FLIPNET is the prior and does not read it at all
     assert (out_a - out_b).abs().mean() > 1e-4
-    fresh = FlipNet(FlipNetConfig(embedding=TINY_EMB, lora_rank=2), prior_cfg,
-                    prior_state=unet.state_dict(), autoencoder=UnshuffleAutoencoder(2, 16)).eval()
+    fresh = _fresh_unshuffle_flipnet()
     assert torch.equal(flipnet_restore(fresh, a, steps=3, seed=7),  # a fresh FLIPNET is the
                        flipnet_restore(fresh, b, steps=3, seed=7))  # prior: input unused
 
