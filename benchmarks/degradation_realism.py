@@ -11,7 +11,10 @@ the HQ face it was made from).
     python benchmarks/degradation_realism.py --n 300 [--flipnet weights/flipnet-64]
 
 ``--flipnet`` may be given several times (one row each, named by the folder, or by its parent
-for a training run's ``<out_dir>/flipnet``).
+for a training run's ``<out_dir>/flipnet``). ``--autoencoder AE`` (repeatable) adds the ceiling
+of any latent degradation mode decoded by AE: real LQ of other people (LFW's train split)
+passed through AE, beside the same faces as they are (the floor); their identity column is the
+cosine to the face each came from.
 """
 
 from __future__ import annotations
@@ -55,6 +58,21 @@ def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
     return np.concatenate(out)
 
 
+def autoencoder_set(folder: str, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """``images`` (uint8) through an autoencoder folder or a latent prior folder's autoencoder:
+    decode(encode(x)), what a latent degradation mode's best output can look like."""
+    from flipnet.io import to_tensor, to_uint8
+    from flipnet.models.autoencoder import load_autoencoder
+
+    root = Path(folder)
+    model, _ = load_autoencoder(root / "autoencoder" if (root / "autoencoder").is_dir() else root)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            out.append(to_uint8(model.decode(model.encode(to_tensor(images[i:i + batch_size])))))
+    return np.concatenate(out)
+
+
 def flipnet_label(weights: str) -> str:
     """A row name for a FLIPNET folder: its name, or its run's name for ``<out_dir>/flipnet``."""
     path = Path(weights)
@@ -80,6 +98,9 @@ def main() -> None:
     ap.add_argument("--flipnet-start", type=float, default=None,
                     help="sampling start (< 1: from the HQ diffused that far); default: the "
                     "folder's own")
+    ap.add_argument("--autoencoder", action="append", default=[],
+                    help="autoencoder (or latent prior) folder: a ceiling row of real LQ of "
+                    "other people through it; repeatable")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/degradation-realism")
     args = ap.parse_args()
@@ -102,17 +123,29 @@ def main() -> None:
                                                              args.flipnet_steps,
                                                              args.flipnet_start)))
         sets[f"FLIPNET degradation mode ({name}{start.replace('-', ', ')})"] = np.load(cache)
-    real_feats, hq_ids = lowlevel_features(real), identity_features(hq)
+    sources = dict.fromkeys(sets, hq)  # what each set's identity is compared with
+    if args.autoencoder:
+        other = rng.permutation(FaceFolder(args.real_lq, 128, split="train").pixels)[:args.n]
+        sets["real LQ, other people (LFW train split), as they are"] = sources[
+            "real LQ, other people (LFW train split), as they are"] = other
+        for folder in args.autoencoder:
+            name = f"real LQ, other people, through the autoencoder of `{folder}`"
+            sets[name], sources[name] = autoencoder_set(folder, other), other
+    real_feats, source_ids = lowlevel_features(real), {}
     rows = []
     for name, images in sets.items():
         row = compare(name, real, images, real_feats, lowlevel_features(images), args.seed)
-        # a degradation should keep the person: dlib identity cosine to the HQ face it came from
-        row["id_cos_to_hq"] = float(np.mean(cosine_similarity(identity_features(images), hq_ids)))
+        # a degradation should keep the person: dlib identity cosine to the face it came from
+        key = id(sources[name])
+        if key not in source_ids:
+            source_ids[key] = identity_features(sources[name])
+        row["id_cos_to_hq"] = float(np.mean(cosine_similarity(identity_features(images),
+                                                              source_ids[key])))
         rows.append(row)
         print(json.dumps(row), flush=True)
     # one row per degraded set in table order; the data sets' own images are not redistributed
-    save_grid(out / "examples.png", [im for name, ims in sets.items() if name != "HQ, not degraded"
-                                     for im in ims[:8]], ncol=8)
+    shown = [name for name in sets if name != "HQ, not degraded" and not name.endswith("as they are")]
+    save_grid(out / "examples.png", [im for name in shown for im in sets[name][:8]], ncol=8)
     write_bytes_atomic(out / "degradation_realism.json",
                        json.dumps({"args": vars(args), "rows": rows}, indent=1).encode())
     lines = ["| LQ set vs real LQ (LFW I-L) | FD-lowlevel | KID | two-sample accuracy [95% CI] "

@@ -268,3 +268,20 @@ def test_the_multiscale_term_is_logged_weighted_and_named_in_the_card(faces, tmp
     plain = train_autoencoder(_train_cfg(faces, tmp_path / "plain", **kw))
     assert "pyramid" not in json.loads((tmp_path / "plain" / "log.jsonl").open().readline())
     assert "multi-scale" not in (plain / "MODEL_CARD.md").read_text()
+
+
+def test_a_leg_can_mix_in_a_second_folder(faces, tmp_path):
+    extra = tmp_path / "real-lq"
+    rng = np.random.default_rng(5)
+    for i in range(5):  # noisy faces, as real LQ would be
+        noisy = _face(rng).astype(np.int16) + rng.integers(-40, 40, (16, 16, 3))
+        save_image(extra / f"lq{i}.png", np.clip(noisy, 0, 255).astype(np.uint8))
+    kw = {"steps": 3, "sample_every": 0, "save_every": 3, "eval_count": 0}
+    folder = train_autoencoder(_train_cfg(faces, tmp_path / "mixed", extra_data_dir=str(extra),
+                                          extra_split="all", extra_repeat=2, **kw))
+    card = (folder / "MODEL_CARD.md").read_text()
+    # 19 faces: 2 in the test split, 3 held out for validation; the extra 5 twice each
+    assert "(14 faces;" in card and f"mixed with `{extra}`, split `all` (5 faces x 2)" in card
+    with pytest.raises(FlipnetError, match="nowhere"):
+        train_autoencoder(_train_cfg(faces, tmp_path / "bad", extra_data_dir=str(tmp_path / "nowhere"),
+                                     **kw))

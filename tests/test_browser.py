@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from flipnet.gate import read_gate
+from flipnet.weights import DEFAULT_WEIGHTS
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 CHROMIUM = Path(os.environ.get("FLIPNET_CHROMIUM", "/usr/bin/chromium"))
@@ -82,7 +83,7 @@ def test_methods_are_grouped_by_quality_gate_and_the_face_size_is_stated(page):
     options = {value: (text, title) for value, text, title in experimental["options"]}
     assert {"finetuned", "prior", "flipnet"} <= set(options)
     assert options["flipnet"][0] == "flipnet (experimental)"
-    flipnet_reason = read_gate(WEIGHTS / "flipnet-64").reason
+    flipnet_reason = read_gate(WEIGHTS / DEFAULT_WEIGHTS["flipnet"]).reason
     assert options["flipnet"][1] == flipnet_reason
     assert "restorer" in [o[0] for o in groups[0]["options"]]
     note = page.text_content("#method-note")
@@ -92,7 +93,7 @@ def test_methods_are_grouped_by_quality_gate_and_the_face_size_is_stated(page):
     page.select_option("#method", "flipnet")
     note = page.text_content("#method-note")
     assert note.startswith("Experimental: " + flipnet_reason[:40])
-    assert "Faces are restored at 64 x 64 px by flipnet." in note
+    assert "Faces are restored at 128 x 128 px by flipnet." in note
     assert page.get_attribute("#method-note", "data-status") == "experimental"
     page.select_option("#method", "bicubic")
     assert page.text_content("#method-note").startswith("Baseline (no model):")

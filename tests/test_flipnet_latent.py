@@ -189,3 +189,36 @@ def test_colour_fix_gives_the_restoration_the_inputs_low_band():
     assert torch.allclose(flipnet_restore(default, lq, steps=4, seed=1), fixed, atol=1e-5)
     assert torch.allclose(flipnet_degrade(default, lq, steps=4, seed=1),
                           flipnet_degrade(net, lq, steps=4, seed=1), atol=1e-6)
+
+
+def test_a_flipnet_folder_may_carry_its_own_decoder(latent_prior, tmp_path):
+    from flipnet.errors import WeightsError
+    from flipnet.models.autoencoder import load_autoencoder, save_autoencoder
+
+    net = build_flipnet(_cfg(latent_prior)).eval()
+    _randomise_adapters(net)
+    plain = save_flipnet(tmp_path / "plain", net)
+    # a decoder-only leg: the prior's autoencoder with other decoder weights
+    ae, ae_cfg = load_autoencoder(latent_prior / "autoencoder")
+    with torch.no_grad():
+        for p in ae.decoder.parameters():
+            p.add_((torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.2)
+                   .half().float())
+    with_own = load_flipnet(plain)
+    with_own.config = dataclasses.replace(net.config, decoder="autoencoder")
+    with_own.autoencoder = ae
+    folder = save_flipnet(tmp_path / "own", with_own)
+    assert (folder / "autoencoder" / "config.json").is_file()  # saved with the adapters
+    folder_net = load_flipnet(folder)
+    plain_net = load_flipnet(plain)
+    lq = torch.rand(1, 3, 16, 16) * 2 - 1
+    z = plain_net.encode(lq)
+    assert torch.equal(folder_net.encode(lq), z)  # the same latents for the adapters
+    assert not torch.allclose(folder_net.decode(z), plain_net.decode(z), atol=1e-2)
+    assert torch.allclose(folder_net.decode(z), ae.decode(z), atol=1e-3)  # fp16 weights
+    # an autoencoder whose encoder differs is refused, naming the folder
+    with torch.no_grad():
+        next(ae.encoder.parameters()).add_(0.5)
+    save_autoencoder(folder / "autoencoder", ae, ae_cfg)
+    with pytest.raises(WeightsError, match="encoder or latent statistics differ"):
+        load_flipnet(folder)

@@ -16,6 +16,7 @@ from flipnet.models.restorer import (
     RestorerConfig,
     count_parameters,
     deepen_restorer,
+    interpolate_restorers,
     load_restorer,
     save_restorer,
 )
@@ -252,3 +253,28 @@ def test_shipped_restorer_makes_a_degraded_face_sharper_and_closer(astronaut):
 
     assert psnr(out, hq) > psnr(lq, hq) + 0.5
     assert detail(cv2.GaussianBlur(out, (0, 0), 0.7)) > detail(cv2.GaussianBlur(lq, (0, 0), 0.7))
+
+
+def test_network_interpolation_mixes_the_weights_and_checks_its_inputs():
+    cfg = RestorerConfig(image_size=16, width=8, enc_blocks=(1, 1), middle_blocks=1,
+                         dec_blocks=(1, 1))
+    torch.manual_seed(0)
+    a, b = Restorer(cfg), Restorer(cfg)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p))
+    key = next(iter(a.state_dict()))
+    for alpha in (0.0, 0.3, 1.0):
+        mixed = interpolate_restorers(a, b, alpha).state_dict()
+        want = (1 - alpha) * a.state_dict()[key] + alpha * b.state_dict()[key]
+        assert torch.allclose(mixed[key], want)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(interpolate_restorers(a, b, 0.0)(x), a(x))
+        assert not torch.allclose(interpolate_restorers(a, b, 0.5)(x), a(x))
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        interpolate_restorers(a, b, 1.5)
+    other = Restorer(RestorerConfig(image_size=16, width=16, enc_blocks=(1, 1), middle_blocks=1,
+                                    dec_blocks=(1, 1)))
+    with pytest.raises(ConfigError, match="configs differ"):
+        interpolate_restorers(a, other, 0.5)

@@ -30,6 +30,7 @@ from flipnet.serve import (
     decode_upload,
     default_method_factory,
 )
+from flipnet.weights import DEFAULT_WEIGHTS
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -261,13 +262,13 @@ def test_method_list_follows_the_quality_gates_of_the_shipped_weights():
     assert methods["restorer"]["status"] == "ready"
     assert methods["restorer"]["reason"] == read_gate(WEIGHTS / "restorer-128").reason
     assert methods["flipnet"]["status"] == "experimental"
-    assert methods["flipnet"]["reason"] == read_gate(WEIGHTS / "flipnet-64").reason
+    assert methods["flipnet"]["reason"] == read_gate(WEIGHTS / DEFAULT_WEIGHTS["flipnet"]).reason
     assert methods["prior"]["status"] == "experimental"
     assert methods["finetuned"]["status"] == "experimental"
     assert {methods[b]["status"] for b in ("input", "bicubic", "classical")} == {"baseline"}
     # the face size each restores at, from its weights' config (baselines: the 128 px crop)
     assert {n: m["face_size"] for n, m in methods.items()} == {
-        "restorer": 128, "finetuned": 128, "prior": 128, "flipnet": 64,
+        "restorer": 128, "finetuned": 128, "prior": 128, "flipnet": 128,
         "bicubic": 128, "classical": 128, "input": 128}
     assert listing["default"] == "restorer"
     assert all(m["fidelity"] == (m["name"] in ("prior", "flipnet")) for m in methods.values())

@@ -66,7 +66,7 @@ def test_wheel_ships_weights_web_and_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = [d.name for d in sorted((REPO / "weights").iterdir()) if (d / "config.json").is_file()]
     assert {"restorer-128", "restorer-128-finetuned", "prior-64", "prior-latent-128",
-            "flipnet-64"} <= set(shipped)
+            "flipnet-64", "flipnet-latent-128"} <= set(shipped)
     for name in shipped:
         for f in (REPO / "weights" / name).rglob("*"):
             rel = f.relative_to(REPO / "weights")

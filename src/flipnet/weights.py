@@ -32,7 +32,7 @@ SHARD_BYTES = 15 * 1024 * 1024
 
 # The weights each method loads when none are named (flipnet restore --method NAME).
 DEFAULT_WEIGHTS = {"restorer": "restorer-128", "finetuned": "restorer-128-finetuned",
-                   "prior": "prior-latent-128", "flipnet": "flipnet-64"}
+                   "prior": "prior-latent-128", "flipnet": "flipnet-latent-128"}
 # The wheel's copy of the checkout's weights/ (setup.py copies it in at build time).
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "weights"
 

@@ -101,6 +101,11 @@ class FlipNetConfig:
     guidance_free: float = field(default=0.3, metadata={
         "help": "sampling default: fraction of the sampled steps, at the end, run without the "
                 "low-pass replacement"})
+    decoder: str | None = field(default=None, metadata={
+        "help": "a latent prior only: sub-folder of this FLIPNET folder holding an autoencoder "
+                "that replaces the prior's when the folder is loaded. Its encoder and latent "
+                "statistics must be the prior's (a decoder-only leg), so the adapters see the "
+                "same latents; only the rendering changes. None = the prior's own"})
 
 
 # what a folder saved before a key existed meant (``load_flipnet_config``)
@@ -332,11 +337,39 @@ def build_flipnet(cfg: FlipNetConfig, *, prior: str | os.PathLike | Prior | None
 
 
 def save_flipnet(folder: str | os.PathLike, net: FlipNet) -> Path:
-    """Write config.json + fp16 safetensors of the adapters (not the prior, only its name)."""
+    """Write config.json + fp16 safetensors of the adapters (not the prior, only its name;
+    the autoencoder too when ``config.decoder`` names the FLIPNET's own)."""
+    from flipnet.models.autoencoder import save_autoencoder
+
     folder = Path(folder)
     save_state_dict(folder, net.adapter_state_dict())
+    if net.config.decoder:
+        save_autoencoder(folder / net.config.decoder, net.autoencoder, net.autoencoder.config)
     save_config(net.config, folder / "config.json")
     return folder
+
+
+def _own_decoder(folder: Path, cfg: FlipNetConfig, prior_autoencoder) -> nn.Module:
+    """The autoencoder in ``folder / cfg.decoder``, checked to encode exactly as the prior's:
+    same encoder weights and latent statistics (WeightsError naming the folder otherwise)."""
+    from flipnet.models.autoencoder import load_autoencoder
+
+    where = folder / cfg.decoder
+    if prior_autoencoder is None:
+        raise WeightsError(f"{folder}: config.json names a decoder ({cfg.decoder}) but its "
+                           "prior is a pixel prior (no autoencoder)")
+    model, ae_cfg = load_autoencoder(where)
+    prior_cfg = prior_autoencoder.config
+    ours, theirs = model.encoder.state_dict(), prior_autoencoder.encoder.state_dict()
+    same = (ae_cfg.encoder_part() == prior_cfg.encoder_part()
+            and (ae_cfg.latent_shift, ae_cfg.latent_scale)
+            == (prior_cfg.latent_shift, prior_cfg.latent_scale)
+            and ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours))
+    if not same:
+        raise WeightsError(f"{where}: its encoder or latent statistics differ from the prior's; "
+                           "a FLIPNET's own decoder must come from a decoder-only leg of the "
+                           "prior's autoencoder")
+    return model
 
 
 def load_flipnet_config(folder: str | os.PathLike) -> FlipNetConfig:
@@ -359,8 +392,9 @@ def load_flipnet(folder: str | os.PathLike, *, prior: str | os.PathLike | None =
         raise WeightsError(f"{folder}: not a FLIPNET weights folder (no config.json)")
     cfg = load_flipnet_config(folder)
     p = _hostable(load_prior(prior or resolve_prior(folder, cfg.prior), flags=cfg.prior_flags))
+    autoencoder = _own_decoder(folder, cfg, p.autoencoder) if cfg.decoder else p.autoencoder
     net = FlipNet(cfg, p.config, prior_state=p.model.state_dict(), where=str(p.source),
-                  autoencoder=p.autoencoder)
+                  autoencoder=autoencoder)
     state, own = load_state_dict(folder), net.adapter_state_dict()
     diff = sorted(set(state) ^ set(own))
     bad = [k for k in set(state) & set(own) if state[k].shape != own[k].shape]

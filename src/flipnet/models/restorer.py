@@ -229,6 +229,22 @@ def deepen_restorer(model: Restorer, cfg: RestorerConfig) -> Restorer:
     return grown.train(model.training)
 
 
+def interpolate_restorers(fidelity: Restorer, texture: Restorer, alpha: float) -> Restorer:
+    """Network interpolation (ESRGAN): every weight is ``(1 - alpha) * fidelity + alpha *
+    texture``, for two restorers of one architecture fine-tuned from the same start (a
+    fidelity-oriented one and a GAN-heavier one). It trades PSNR for texture continuously,
+    without artefacts that blending the two outputs would make."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"interpolate_restorers: alpha must be in [0, 1], got {alpha}")
+    if fidelity.config != texture.config:
+        raise ConfigError("interpolate_restorers: the two restorers' configs differ "
+                          f"({fidelity.config} vs {texture.config})")
+    a, b = fidelity.state_dict(), texture.state_dict()
+    mixed = Restorer(fidelity.config)
+    mixed.load_state_dict({k: (1 - alpha) * a[k] + alpha * b[k] for k in a}, strict=True)
+    return mixed.train(fidelity.training)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in model.parameters())

@@ -51,7 +51,7 @@ class DegradeConfig:
         "help": "centre-crop to a square and resize to SIZE x SIZE before degrading"})
     batch_size: int = field(default=32, metadata={"help": "images degraded together"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    weights: str = field(default="flipnet-64", metadata={
+    weights: str = field(default="flipnet-latent-128", metadata={
         "help": "--method flipnet: FLIPNET weights folder (path or name under weights/)"})
     steps: int = field(default=50, metadata={"help": "--method flipnet: sampling steps"})
     sampler: str = field(default="ddim", metadata={

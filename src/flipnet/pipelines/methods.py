@@ -5,7 +5,7 @@
 ``prior``     DifFace-style restoration with the unconditional prior alone: diffuse the input to
               an intermediate step and sample back with low-pass guidance (weights/prior-latent-128)
 ``flipnet``   FLIPNET restoration mode: the prior + BoostHub/LoRA/face-embedding adapters,
-              sampled with the LQ as the condition stream (weights/flipnet-64; listed by
+              sampled with the LQ as the condition stream (weights/flipnet-latent-128; listed by
               ``available_methods`` only once trained weights are there)
 ``bicubic``   baseline: down x4 and bicubic back up (what a plain upscaler gives)
 ``classical`` baseline: OpenCV non-local means, then an unsharp mask

@@ -81,6 +81,12 @@ class AutoencoderTrainConfig:
 
     data_dir: str = field(default="out/prepared/utkface-128", metadata=_h("aligned faces"))
     split: str = field(default="train", metadata=_h("split of data_dir to train on: train | all"))
+    extra_data_dir: str | None = field(default=None, metadata=_h(
+        "a second face folder mixed into training (e.g. real LQ faces, so that the decoder "
+        "learns to render degraded latents too); None = none"))
+    extra_split: str = field(default="train", metadata=_h("split of extra_data_dir"))
+    extra_repeat: int = field(default=1, metadata=_h(
+        "times each extra face appears per epoch (weights a small folder up)"))
     out_dir: str = field(default="out/autoencoder-128", metadata=_h("checkpoints, samples, "
                                                                      "export"))
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig, metadata=_h(
@@ -219,6 +225,7 @@ def _final_losses(log_path: Path, last: int = 20) -> dict:
 
 
 def _model_card(cfg: AutoencoderTrainConfig, progress: TrainProgress, *, n_images: int,
+                n_extra: int,
                 n_params: int, hardware: str, exported: AutoencoderConfig, n_stats: int,
                 losses: dict, evaluation: dict | None, command: str | None) -> str:
     a = exported
@@ -234,7 +241,9 @@ def _model_card(cfg: AutoencoderTrainConfig, progress: TrainProgress, *, n_image
          f"{a.latent_size}) latent"),
         (f"- data: `{cfg.data_dir}`, split `{cfg.split}` ({n_images} faces; flipnet.splits: "
          f"SHA-1 of the file name, lowest 5% held out as test; {cfg.val_count} more held out of "
-         f"training for the validation curve), horizontal flips: {cfg.hflip}"),
+         f"training for the validation curve), horizontal flips: {cfg.hflip}"
+         + (f"; mixed with `{cfg.extra_data_dir}`, split `{cfg.extra_split}` "
+            f"({n_extra // cfg.extra_repeat} faces x {cfg.extra_repeat})" if n_extra else "")),
         (f"- losses: L1 x{cfg.l1_weight}, FFT amplitude L1 x{cfg.fft_weight}, "
          + (f"multi-scale L1 (2x-{2 ** PYRAMID_LEVELS}x pooled) x{cfg.pyramid_weight}, "
             if cfg.pyramid_weight else "") + "KL x"
@@ -280,6 +289,11 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
     dataset = FaceFolder(cfg.data_dir, size, split=cfg.split, progress=run.main)
     val_pixels = dataset.pixels[:cfg.val_count]
     dataset.pixels, dataset.paths = dataset.pixels[cfg.val_count:], dataset.paths[cfg.val_count:]
+    n_main = len(dataset)
+    if cfg.extra_data_dir:
+        extra = FaceFolder(cfg.extra_data_dir, size, split=cfg.extra_split, progress=run.main)
+        dataset.pixels = np.concatenate([dataset.pixels] + [extra.pixels] * cfg.extra_repeat)
+        dataset.paths = list(dataset.paths) + list(extra.paths) * cfg.extra_repeat
     if len(dataset) < cfg.batch_size:
         raise FlipnetError(f"{cfg.data_dir}: {len(dataset)} training images (after val_count "
                            f"{cfg.val_count}), fewer than one batch ({cfg.batch_size})")
@@ -376,7 +390,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, command: str | None = None
         save_autoencoder(tmp, final, exported)
         plot_validation(run.log_path, tmp / "val_curve.png")
         evaluation = _export_check(tmp, final, cfg)
-        return _model_card(cfg, run.progress, n_images=len(dataset),
+        return _model_card(cfg, run.progress, n_images=n_main, n_extra=len(dataset) - n_main,
                            n_params=count_parameters(sample_model),
                            hardware=hardware_name(accelerator), exported=exported,
                            n_stats=len(stats_pixels), losses=_final_losses(run.log_path),

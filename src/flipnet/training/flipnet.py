@@ -206,11 +206,11 @@ def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
 
 
 def _init_adapters(net: FlipNet, cfg: FlipNetTrainConfig) -> None:
-    """Start from a trained FLIPNET folder (same FlipNetConfig but for where the prior is and
-    the sampling default ``start``, which training never reads)."""
+    """Start from a trained FLIPNET folder (same FlipNetConfig but for where the prior is, the
+    sampling default ``start`` and an own ``decoder``, which training never reads)."""
     start = load_flipnet(cfg.init_from, prior=cfg.flipnet.prior)
-    if dataclasses.replace(start.config, prior=net.config.prior,
-                           start=net.config.start) != net.config:
+    if dataclasses.replace(start.config, prior=net.config.prior, start=net.config.start,
+                           decoder=net.config.decoder) != net.config:
         raise ConfigError(f"{cfg.init_from}: its FlipNetConfig differs from this run's flipnet "
                           "settings")
     net.load_state_dict(start.adapter_state_dict(), strict=False)

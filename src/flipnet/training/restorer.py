@@ -137,6 +137,10 @@ class RestorerTrainConfig:
     gan_loss: Literal["nonsat", "hinge"] = field(default="nonsat", metadata=_h("nonsat | hinge"))
     gan_weight: float = field(default=0.01, metadata=_h("adversarial weight; 0 = no GAN"))
     gan_start: int = field(default=2000, metadata=_h("steps of warm-up before the GAN term"))
+    disc_start: int | None = field(default=None, metadata=_h(
+        "step after which the discriminator trains; below gan_start it warms up before the "
+        "restorer feels it (a leg starting from a restorer export starts a fresh "
+        "discriminator); None = gan_start"))
     sample_every: int = field(default=500, metadata=_h("EMA sample grid every N steps; 0 = off"))
     sample_count: int = field(default=8, metadata=_h("pairs in each sample grid"))
     save_every: int = field(default=500, metadata=_h("checkpoint every N steps"))
@@ -319,7 +323,9 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
         (f"- losses: L1 x{cfg.l1_weight}, pyramid L1 x{cfg.pyramid_weight}, FFT amplitude "
         f"x{cfg.fft_weight}, perceptual x{cfg.perceptual_weight}: {perc}; identity (1 - cos, "
         f"torch port of dlib's ResNet) x{cfg.identity_weight}; GAN ({cfg.gan_loss}, "
-        f"PatchGAN) x{cfg.gan_weight} from step {cfg.gan_start}"),
+        f"PatchGAN) x{cfg.gan_weight} from step {cfg.gan_start}"
+        + (f", discriminator from step {cfg.disc_start}"
+           if cfg.disc_start is not None and cfg.disc_start < cfg.gan_start else "")),
         f"- training: {progress.step} steps, batch {cfg.batch_size} x {cfg.grad_accum}, lr "
         f"{cfg.lr} ({cfg.lr_schedule}), EMA {cfg.ema_decay}, grad clip {cfg.grad_clip}, mixed "
         f"precision {cfg.mixed_precision}, seed {cfg.seed}"
@@ -408,6 +414,8 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
     for step in run.steps(cfg.steps, desc="restorer", save_samples=samples_and_validation):
         lr = set_lr(opt, _lr_at(cfg, step))
         gan_on = use_gan and step > cfg.gan_start
+        disc_on = use_gan and step > (cfg.gan_start if cfg.disc_start is None
+                                      else min(cfg.disc_start, cfg.gan_start))
         for _ in range(cfg.grad_accum):
             lq, hq = next(batches)
             with accelerator.accumulate(*([model, disc] if use_gan else [model])):
@@ -429,7 +437,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                 loss = sum(weights[k] * v for k, v in parts.items())
                 run.optimizer_step(loss, opt, model.parameters(), step, grad_clip=cfg.grad_clip)
                 # discriminator step: real HQ vs restored
-                if gan_on:
+                if disc_on:
                     disc.requires_grad_(True)
                     d_loss = gan_discriminator_loss(disc(hq), disc(pred.detach()), cfg.gan_loss)
                     run.check_finite(d_loss.detach(), step, what="discriminator loss")
