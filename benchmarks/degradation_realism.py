@@ -40,9 +40,11 @@ PRESETS = ("gfpgan", "codeformer", "difface", "raw")
 
 
 def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
-                start: float | None = None, batch_size: int = 16) -> np.ndarray:
+                start: float | None = None, batch_size: int = 16,
+                color_fix: int | None = None) -> np.ndarray:
     """HQ -> LQ with FLIPNET's degradation mode, face i seeded with seed + i; ``start`` < 1
-    starts from the HQ diffused to that fraction (None: the folder's own start)."""
+    starts from the HQ diffused to that fraction (None: the folder's own start); ``color_fix``
+    N takes the pixel low band (factor N) from the HQ face (None: off in degradation mode)."""
     from flipnet.diffusion.flipnet_sampling import flipnet_degrade
     from flipnet.io import to_tensor, to_uint8
     from flipnet.models.flipnet import load_flipnet
@@ -53,7 +55,7 @@ def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
         for i in tqdm(range(0, len(hq), batch_size), desc="flipnet degrade"):
             x = to_tensor(hq[i:i + batch_size])
             y = flipnet_degrade(net, x, steps=steps, seed=seed, start=start,
-                                indices=list(range(i, i + len(x))))
+                                indices=list(range(i, i + len(x))), color_fix=color_fix)
             out.append(to_uint8(y))  # already back at the input size
     return np.concatenate(out)
 
@@ -98,6 +100,8 @@ def main() -> None:
     ap.add_argument("--flipnet-start", type=float, default=None,
                     help="sampling start (< 1: from the HQ diffused that far); default: the "
                     "folder's own")
+    ap.add_argument("--flipnet-color-fix", type=int, default=None,
+                    help="degradation mode with the HQ's pixel low band (factor N) put back")
     ap.add_argument("--autoencoder", action="append", default=[],
                     help="autoencoder (or latent prior) folder: a ceiling row of real LQ of "
                     "other people through it; repeatable")
@@ -116,12 +120,15 @@ def main() -> None:
     for weights in args.flipnet:  # the slow sets are kept, keyed by what made them, for reruns
         name = flipnet_label(weights)
         start = "" if args.flipnet_start is None else f"-start{args.flipnet_start:g}"
+        if args.flipnet_color_fix is not None:
+            start += f"-colorfix{args.flipnet_color_fix}"
         key = f"{name}-steps{args.flipnet_steps}{start}-seed{args.seed}-n{len(hq)}"
         cache = out / f"flipnet-{key}.npy"
         if not cache.exists():
             write_bytes_atomic(cache, _npy_bytes(flipnet_set(weights, hq, args.seed,
                                                              args.flipnet_steps,
-                                                             args.flipnet_start)))
+                                                             args.flipnet_start,
+                                                             color_fix=args.flipnet_color_fix)))
         sets[f"FLIPNET degradation mode ({name}{start.replace('-', ', ')})"] = np.load(cache)
     sources = dict.fromkeys(sets, hq)  # what each set's identity is compared with
     if args.autoencoder:

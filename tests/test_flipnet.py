@@ -234,6 +234,24 @@ def test_degrade_folder_with_flipnet_is_resumable(flipnet_folder, tmp_path):
         again = flipnet_degrade_folder(src, tmp_path / "lq", cfg)
     assert (again.written, again.existing) == (1, 1)
     assert (tmp_path / "lq" / "f1.png").read_bytes() == first  # seed + i: same image again
+    # --color-fix N: the HQ's low band comes back (closer to the HQ at 1/4 size), recorded
+    from flipnet.io import load_image
+
+    with pytest.warns(UserWarning, match="bad.png"):
+        fixed = flipnet_degrade_folder(src, tmp_path / "lq-fix", DegradeConfig(
+            weights=str(folder), steps=3, device="cpu", progress=False, color_fix=4))
+    assert fixed.written == 2
+    params = json.loads((tmp_path / "lq-fix" / "params.json").read_text())
+    assert params["color_fix"] == 4 and "color_fix" not in json.loads(
+        (tmp_path / "lq" / "params.json").read_text())
+
+    def low(path):
+        rgb = load_image(path).rgb.astype(float)
+        return rgb.reshape(5, 4, 5, 4, 3).mean(axis=(1, 3))
+
+    hq = low(src / "f1.png")
+    assert np.abs(low(tmp_path / "lq-fix" / "f1.png") - hq).mean() < \
+        np.abs(low(tmp_path / "lq" / "f1.png") - hq).mean()
 
 
 def test_every_trainable_parameter_gets_a_gradient():

@@ -57,6 +57,9 @@ class DegradeConfig:
     sampler: str = field(default="ddim", metadata={
         "help": "--method flipnet: ddim | dpmpp_2m | ddpm"})
     device: str = field(default="auto", metadata={"help": "--method flipnet: auto | cpu | cuda"})
+    color_fix: int = field(default=0, metadata={
+        "help": "--method flipnet: put the HQ image's pixel low band (down/up factor N) back "
+                "after decoding (removes colour blotches; 0 = off)"})
 
 
 @dataclass
@@ -206,6 +209,8 @@ def flipnet_degrade_folder(src: str | os.PathLike, dst: str | os.PathLike,
     outputs = _output_names(files, src)
     header = {"method": "flipnet", "weights": str(weights), "seed": cfg.seed, "size": cfg.size,
               "steps": cfg.steps, "sampler": cfg.sampler}
+    if cfg.color_fix:  # only when set, so that folders made before the option resume
+        header["color_fix"] = cfg.color_fix
     params_path = dst / PARAMS_FILE
     _check_previous(params_path, header, {})
     net = load_flipnet(weights, device=resolve_device(cfg.device))
@@ -224,7 +229,8 @@ def flipnet_degrade_folder(src: str | os.PathLike, dst: str | os.PathLike,
             with torch.no_grad():
                 lq = flipnet_degrade(net, hq.to(next(net.parameters()).device), steps=cfg.steps,
                                      sampler=cfg.sampler, seed=cfg.seed,
-                                     indices=[it[0] for it in items])
+                                     indices=[it[0] for it in items],
+                                     color_fix=cfg.color_fix or None)
             for (_, path, out, _), rgb in zip(items, to_uint8(lq)):
                 save_image(dst / out, rgb, source=path)
                 log.done += 1
