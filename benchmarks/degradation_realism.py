@@ -60,19 +60,15 @@ def flipnet_set(weights: str, hq: np.ndarray, seed: int, steps: int,
     return np.concatenate(out)
 
 
-def autoencoder_set(folder: str, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def autoencoder_set(folder: str, images: np.ndarray) -> np.ndarray:
     """``images`` (uint8) through an autoencoder folder or a latent prior folder's autoencoder:
     decode(encode(x)), what a latent degradation mode's best output can look like."""
-    from flipnet.io import to_tensor, to_uint8
     from flipnet.models.autoencoder import load_autoencoder
+    from flipnet.training.autoencoder import reconstruct
 
     root = Path(folder)
     model, _ = load_autoencoder(root / "autoencoder" if (root / "autoencoder").is_dir() else root)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            out.append(to_uint8(model.decode(model.encode(to_tensor(images[i:i + batch_size])))))
-    return np.concatenate(out)
+    return reconstruct(model, images)
 
 
 def flipnet_label(weights: str) -> str:
@@ -130,28 +126,27 @@ def main() -> None:
                                                              args.flipnet_start,
                                                              color_fix=args.flipnet_color_fix)))
         sets[f"FLIPNET degradation mode ({name}{start.replace('-', ', ')})"] = np.load(cache)
-    sources = dict.fromkeys(sets, hq)  # what each set's identity is compared with
+    from_other = []  # sets made from real LQ of other people: identity is to those faces
     if args.autoencoder:
         other = rng.permutation(FaceFolder(args.real_lq, 128, split="train").pixels)[:args.n]
-        sets["real LQ, other people (LFW train split), as they are"] = sources[
-            "real LQ, other people (LFW train split), as they are"] = other
+        from_other.append("real LQ, other people (LFW train split), as they are")
+        sets[from_other[-1]] = other
         for folder in args.autoencoder:
-            name = f"real LQ, other people, through the autoencoder of `{folder}`"
-            sets[name], sources[name] = autoencoder_set(folder, other), other
-    real_feats, source_ids = lowlevel_features(real), {}
+            from_other.append(f"real LQ, other people, through the autoencoder of `{folder}`")
+            sets[from_other[-1]] = autoencoder_set(folder, other)
+    real_feats, hq_ids = lowlevel_features(real), identity_features(hq)
+    other_ids = identity_features(other) if from_other else None
     rows = []
     for name, images in sets.items():
         row = compare(name, real, images, real_feats, lowlevel_features(images), args.seed)
         # a degradation should keep the person: dlib identity cosine to the face it came from
-        key = id(sources[name])
-        if key not in source_ids:
-            source_ids[key] = identity_features(sources[name])
+        source_ids = other_ids if name in from_other else hq_ids
         row["id_cos_to_hq"] = float(np.mean(cosine_similarity(identity_features(images),
-                                                              source_ids[key])))
+                                                              source_ids)))
         rows.append(row)
         print(json.dumps(row), flush=True)
     # one row per degraded set in table order; the data sets' own images are not redistributed
-    shown = [name for name in sets if name != "HQ, not degraded" and not name.endswith("as they are")]
+    shown = [name for name in sets if name != "HQ, not degraded" and name not in from_other[:1]]
     save_grid(out / "examples.png", [im for name in shown for im in sets[name][:8]], ncol=8)
     write_bytes_atomic(out / "degradation_realism.json",
                        json.dumps({"args": vars(args), "rows": rows}, indent=1).encode())

@@ -278,6 +278,15 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
 
 
+def same_encoder_weights(a: FaceAutoencoder, b: FaceAutoencoder, *, atol: float = 0.0) -> bool:
+    """True when the two encoders hold the same tensors (within ``atol``): with the same latent
+    statistics they make the same latents, so a prior or FLIPNET trained on one fits the other."""
+    ours, theirs = a.encoder.state_dict(), b.encoder.state_dict()
+    return ours.keys() == theirs.keys() and all(
+        torch.allclose(ours[k].float(), theirs[k].float().to(ours[k].device), atol=atol)
+        for k in ours)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in model.parameters())

@@ -352,7 +352,7 @@ def save_flipnet(folder: str | os.PathLike, net: FlipNet) -> Path:
 def _own_decoder(folder: Path, cfg: FlipNetConfig, prior_autoencoder) -> nn.Module:
     """The autoencoder in ``folder / cfg.decoder``, checked to encode exactly as the prior's:
     same encoder weights and latent statistics (WeightsError naming the folder otherwise)."""
-    from flipnet.models.autoencoder import load_autoencoder
+    from flipnet.models.autoencoder import load_autoencoder, same_encoder_weights
 
     where = folder / cfg.decoder
     if prior_autoencoder is None:
@@ -360,11 +360,10 @@ def _own_decoder(folder: Path, cfg: FlipNetConfig, prior_autoencoder) -> nn.Modu
                            "prior is a pixel prior (no autoencoder)")
     model, ae_cfg = load_autoencoder(where)
     prior_cfg = prior_autoencoder.config
-    ours, theirs = model.encoder.state_dict(), prior_autoencoder.encoder.state_dict()
     same = (ae_cfg.encoder_part() == prior_cfg.encoder_part()
             and (ae_cfg.latent_shift, ae_cfg.latent_scale)
             == (prior_cfg.latent_shift, prior_cfg.latent_scale)
-            and ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours))
+            and same_encoder_weights(model, prior_autoencoder))
     if not same:
         raise WeightsError(f"{where}: its encoder or latent statistics differ from the prior's; "
                            "a FLIPNET's own decoder must come from a decoder-only leg of the "

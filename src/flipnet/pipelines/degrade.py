@@ -230,7 +230,7 @@ def flipnet_degrade_folder(src: str | os.PathLike, dst: str | os.PathLike,
                 lq = flipnet_degrade(net, hq.to(next(net.parameters()).device), steps=cfg.steps,
                                      sampler=cfg.sampler, seed=cfg.seed,
                                      indices=[it[0] for it in items],
-                                     color_fix=cfg.color_fix or None)
+                                     color_fix=cfg.color_fix)
             for (_, path, out, _), rgb in zip(items, to_uint8(lq)):
                 save_image(dst / out, rgb, source=path)
                 log.done += 1

@@ -23,7 +23,7 @@ from flipnet.diffusion.respace import sampling_timesteps
 from flipnet.diffusion.samplers import sample_ddim
 from flipnet.diffusion.schedules import make_schedule
 from flipnet.errors import ConfigError, FlipnetError
-from flipnet.models.autoencoder import FaceAutoencoder, load_autoencoder
+from flipnet.models.autoencoder import FaceAutoencoder, load_autoencoder, same_encoder_weights
 from flipnet.models.prior import load_prior, save_prior
 from flipnet.models.prior_types import PriorConfig
 from flipnet.models.unet import UNet, count_parameters
@@ -171,9 +171,7 @@ def _start_weights(cfg: PriorTrainConfig, autoencoder: FaceAutoencoder | None) -
                           " prior, but this run trains a "
                           f"{'pixel' if autoencoder is None else 'latent'} prior")
     if autoencoder is not None:
-        ours, theirs = autoencoder.encoder.state_dict(), start.autoencoder.encoder.state_dict()
-        same = all(torch.allclose(ours[k].float(), theirs[k].float().to(ours[k].device),
-                                  atol=1e-3) for k in ours)
+        same = same_encoder_weights(autoencoder, start.autoencoder, atol=1e-3)
         if not same or start.autoencoder.config != autoencoder.config:
             raise ConfigError(f"{cfg.init_from}: its autoencoder makes other latents than "
                               f"`{cfg.autoencoder}`")
