@@ -22,7 +22,12 @@ from flipnet.models.flipnet import (
 )
 from flipnet.models.prior import save_prior
 from flipnet.models.unet import UNet
-from flipnet.training.flipnet import FlipNetTrainConfig, mode_loss, train_flipnet
+from flipnet.training.flipnet import (
+    DecodedIdentityLoss,
+    FlipNetTrainConfig,
+    mode_loss,
+    train_flipnet,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,23 +102,106 @@ def test_mode_loss_runs_the_streams_on_latents(latent_prior):
     assert torch.isfinite(loss) and any(p.grad is not None for p in net.trainable_parameters())
 
 
-def test_training_on_a_latent_prior_exports_a_folder_that_loads(latent_prior, tmp_path):
+def test_identity_term_reads_the_decoded_x0_prediction_of_small_t_only():
+    net = _fresh_unshuffle_flipnet()
+    schedule = make_schedule(TINY_LATENT.schedule)
+    big_t = schedule.num_timesteps - 1
+    term = DecodedIdentityLoss(schedule, net.autoencoder.decode,
+                               lambda a, b: (a - b).pow(2).mean(),  # stand-in for 1 - cos
+                               weight=2.0, count=2, max_t=schedule.num_timesteps // 2)
+    g = torch.Generator().manual_seed(4)
+    hq = torch.rand(3, 3, 16, 16, generator=g) * 1.6 - 0.8
+    z = net.encode(hq)
+    t = torch.tensor([1, big_t, 3])
+    noise = torch.randn(z.shape, generator=g)
+    xt = schedule.q_sample(z, t, noise)
+    perfect = schedule.training_target(z, t, noise)  # x0 prediction == the HQ latent
+    assert float(term(xt, t, perfect, hq)) < 1e-8
+    wrong = perfect + 0.5 * torch.randn(perfect.shape, generator=g)
+    assert float(term(xt, t, wrong, hq)) > 1e-3
+    spoiled = perfect.clone()
+    spoiled[1] += 1.0  # the sample at large t does not count
+    assert float(term(xt, t, spoiled, hq)) < 1e-8
+    assert float(term(xt, torch.full_like(t, big_t), wrong, hq)) == 0.0
+
+
+def test_identity_term_adds_its_gradient_to_the_adapters():
+    net = _fresh_unshuffle_flipnet()
+    _randomise_adapters(net)
+    schedule = make_schedule(TINY_LATENT.schedule)
+    hq, lq = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    term = DecodedIdentityLoss(schedule, net.autoencoder.decode,
+                               lambda a, b: (a - b).abs().mean(), weight=1.0, count=4,
+                               max_t=schedule.num_timesteps)
+
+    def grads(identity):
+        net.zero_grad()
+        mode_loss(net, schedule, hq, lq, "restore", torch.Generator().manual_seed(1),
+                  encode=net.encode, identity=identity).backward()
+        return torch.cat([p.grad.flatten() for p in net.trainable_parameters()
+                          if p.grad is not None])
+
+    plain, with_identity = grads(None), grads(term)
+    assert (with_identity - plain).abs().max() > 1e-6
+    net.zero_grad()
+    degrade = mode_loss(net, schedule, hq, lq, "degrade", torch.Generator().manual_seed(1),
+                        encode=net.encode, identity=term)  # degrade mode: no identity term
+    assert torch.equal(degrade, mode_loss(net, schedule, hq, lq, "degrade",
+                                          torch.Generator().manual_seed(1), encode=net.encode))
+
+
+def _train_cfg(tmp_path, latent_prior, **changes) -> FlipNetTrainConfig:
+    """A 3-step run on tiny data written under ``tmp_path`` (embedder and inputs made once)."""
     from flipnet.models.face_embedding import FaceEmbedder, save_face_embedder
 
-    torch.manual_seed(2)
-    save_face_embedder(tmp_path / "embedder", FaceEmbedder(TINY_EMB))
-    write_train_inputs(tmp_path)
-    cfg = FlipNetTrainConfig(
+    if not (tmp_path / "embedder").is_dir():
+        torch.manual_seed(2)
+        save_face_embedder(tmp_path / "embedder", FaceEmbedder(TINY_EMB))
+        write_train_inputs(tmp_path)
+    settings = dict(
         data_dir=str(tmp_path / "hq"), split="all", real_lq_dir=str(tmp_path / "real_lq"),
         pairs_dir=str(tmp_path / "pairs"), pseudo_restorer=str(tmp_path / "restorer"),
         out_dir=str(tmp_path / "run"), embedder=str(tmp_path / "embedder"), presets=("gfpgan",),
         crop_size=32, flipnet=_cfg(latent_prior), batch_size=2, lr=1e-3, warmup_steps=1,
         steps=3, save_every=3, sample_every=3, sample_count=2, sample_steps=2, log_every=1,
         seed=1, threads=1)
-    folder = train_flipnet(cfg)
+    return FlipNetTrainConfig(**{**settings, **changes})
+
+
+def test_training_on_a_latent_prior_exports_a_folder_that_loads(latent_prior, tmp_path):
+    folder = train_flipnet(_train_cfg(tmp_path, latent_prior, identity_weight=0.5,
+                                      identity_max_t=1000))
     net = load_flipnet(folder)
     assert net.autoencoder is not None and net.image_size == 16
     assert (tmp_path / "run" / "samples").is_dir()
+    assert "identity term x0.5" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_continued_training_keeps_the_folders_own_decoder(latent_prior, tmp_path):
+    from flipnet.errors import ConfigError
+    from flipnet.models.autoencoder import load_autoencoder
+
+    plain = train_flipnet(_train_cfg(tmp_path, latent_prior, out_dir=str(tmp_path / "plain")))
+    # the same folder with its own decoder (a decoder-only leg: other decoder weights)
+    own = load_flipnet(plain)
+    with torch.no_grad():
+        for p in own.autoencoder.decoder.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    own.config = dataclasses.replace(own.config, decoder="autoencoder")
+    own_folder = save_flipnet(tmp_path / "own", own)
+    with_decoder = dataclasses.replace(_cfg(latent_prior), decoder="autoencoder")
+    folder = train_flipnet(_train_cfg(tmp_path, latent_prior, init_from=str(own_folder),
+                                      flipnet=with_decoder, identity_weight=0.5,
+                                      identity_max_t=1000, out_dir=str(tmp_path / "more")))
+    carried, _ = load_autoencoder(folder / "autoencoder")
+    saved, _ = load_autoencoder(own_folder / "autoencoder")
+    prior_ae, _ = load_autoencoder(latent_prior / "autoencoder")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(carried.decode(z), saved.decode(z))
+    assert not torch.allclose(carried.decode(z), prior_ae.decode(z), atol=1e-2)
+    with pytest.raises(ConfigError, match="carries no own decoder"):
+        train_flipnet(_train_cfg(tmp_path, latent_prior, init_from=str(plain),
+                                 flipnet=with_decoder, out_dir=str(tmp_path / "none")))
 
 
 def _fresh_unshuffle_flipnet(**changes) -> FlipNet:

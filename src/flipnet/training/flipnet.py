@@ -35,6 +35,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from flipnet.degradations.model_lq import CROP_SIZE
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
@@ -108,6 +109,13 @@ class FlipNetTrainConfig:
     max_minutes: float = field(default=0.0, metadata=_h("stop (save + export) after this wall "
                                                           "time; 0 = no limit"))
     degrade_weight: float = field(default=1.0, metadata=_h("weight of the degradation-mode loss"))
+    identity_weight: float = field(default=0.0, metadata=_h(
+        "restore mode: weight of 1 - cosine of dlib's ResNet (torch port) between the face "
+        "decoded from the target stream's x0 prediction and the HQ face; 0 = off"))
+    identity_batch: int = field(default=4, metadata=_h(
+        "identity term on at most N samples of each batch (those with t below identity_max_t)"))
+    identity_max_t: int = field(default=500, metadata=_h(
+        "identity term only where t < this: at larger t the x0 prediction is a guess"))
     condition_loss: bool | None = field(default=None, metadata=_h(
         "also train the condition stream to denoise itself; null = on for an adapted condition "
         "stream, off for a frozen one"))
@@ -127,12 +135,38 @@ class FlipNetTrainConfig:
         "continues from the newest checkpoint without it)"))
 
 
+class DecodedIdentityLoss(nn.Module):
+    """Restore mode's identity term: ``weight * (1 - cos)`` of dlib's ResNet between the face
+    decoded from the target stream's x0 prediction and the HQ face, on the first ``count``
+    samples with ``t < max_t`` (zero when there are none). Gradients reach the prediction
+    through ``decode`` (the frozen decoder), not the HQ side."""
+
+    def __init__(self, schedule: NoiseSchedule, decode: Callable[[torch.Tensor], torch.Tensor],
+                 identity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, weight: float,
+                 count: int, max_t: int):
+        super().__init__()
+        self.schedule, self.decode, self.identity = schedule, decode, identity
+        self.weight, self.count, self.max_t = weight, count, max_t
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
+                hq_image: torch.Tensor) -> torch.Tensor:
+        """Scalar term for target-stream inputs ``xt`` at ``t``, the net's ``pred`` and the HQ
+        faces ``hq_image`` (B, 3, S, S) in [-1, 1]."""
+        keep = torch.nonzero(t < self.max_t).flatten()[:self.count]
+        if keep.numel() == 0:
+            return pred.new_zeros((), dtype=torch.float32)
+        x0 = self.schedule.predict_x0(xt[keep], t[keep], pred[keep].float())
+        return self.weight * self.identity(self.decode(x0), hq_image[keep])
+
+
 def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, mode: str,
               generator: torch.Generator, *, condition_t: int | None = None,
               condition_loss: bool = True,
-              encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+              encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              identity: DecodedIdentityLoss | None = None) -> torch.Tensor:
     """One mode's loss: MSE(target) [+ MSE(condition)], two noises; the condition stream at the
     target's t, or at ``condition_t`` for every sample (``FlipNetConfig.condition_t``).
+    In restore mode ``identity`` (if given) adds its term on the target's x0 prediction.
 
     Draws t, then the HQ noise, then the LQ noise from ``generator``. ``net`` is called
     (``net(x_target_t, x_cond_t, t, t_cond=, mode=, context_image=)``), never a method of it, so
@@ -159,6 +193,8 @@ def mode_loss(net, schedule: NoiseSchedule, hq: torch.Tensor, lq: torch.Tensor, 
                                context_image=hq_image)
     loss_hq = F.mse_loss(pred_hq.float(), schedule.training_target(hq, t_hq, noise_hq))
     loss_lq = F.mse_loss(pred_lq.float(), schedule.training_target(lq, t_lq, noise_lq))
+    if identity is not None and mode == "restore":
+        loss_hq = loss_hq + identity(xt_hq, t_hq, pred_hq, hq_image)
     if not condition_loss:
         return loss_hq if mode == "restore" else loss_lq
     return loss_hq + loss_lq
@@ -206,13 +242,19 @@ def _check_trainable(cfg: FlipNetTrainConfig, net: FlipNet) -> None:
 
 
 def _init_adapters(net: FlipNet, cfg: FlipNetTrainConfig) -> None:
-    """Start from a trained FLIPNET folder (same FlipNetConfig but for where the prior is, the
-    sampling default ``start`` and an own ``decoder``, which training never reads)."""
+    """Start from a trained FLIPNET folder (same FlipNetConfig but for where the prior is and
+    the sampling default ``start``). An own ``decoder`` (``FlipNetConfig.decoder``) comes over
+    too when the run names it: the identity term decodes with it and the export carries it."""
     start = load_flipnet(cfg.init_from, prior=cfg.flipnet.prior)
     if dataclasses.replace(start.config, prior=net.config.prior, start=net.config.start,
                            decoder=net.config.decoder) != net.config:
         raise ConfigError(f"{cfg.init_from}: its FlipNetConfig differs from this run's flipnet "
                           "settings")
+    if net.config.decoder:
+        if start.config.decoder != net.config.decoder:
+            raise ConfigError(f"{cfg.init_from}: carries no own decoder "
+                              f"{net.config.decoder!r}, which this run's flipnet settings name")
+        net.autoencoder = start.autoencoder
     net.load_state_dict(start.adapter_state_dict(), strict=False)
 
 
@@ -267,6 +309,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     # tensor is copied from the training net (prior, embedder encoders: exactly those of
     # init_from when fine-tuning), so the EMA (trainable tensors only) completes it
     sample_net = build_flipnet(cfg.flipnet, embedder=embedder, device=device).eval()
+    sample_net.autoencoder = accelerator.unwrap_model(net).autoencoder  # frozen: one copy
     sample_net.load_state_dict(accelerator.unwrap_model(net).state_dict())
     run.resume_or_start(ema)
     batches_r = run.batches(loader_r, loaders[0][1])
@@ -283,7 +326,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
 
     gen = torch.Generator(device=device)
     loss_kw = {"condition_t": cfg.flipnet.condition_t, "condition_loss": condition_loss_on(cfg),
-               "encode": None if sample_net.factor == 1 else sample_net.encode}
+               "encode": None if sample_net.factor == 1 else sample_net.encode,
+               "identity": _identity_term(cfg, schedule, sample_net, device)}
     for step in run.steps(cfg.steps, desc="flipnet", save_samples=save_samples,
                           sample_at_end=True):
         lr = set_lr(opt, warmup_lr(cfg.lr, step, cfg.warmup_steps))
@@ -313,6 +357,21 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     return run.export(write_flipnet)
 
 
+def _identity_term(cfg: FlipNetTrainConfig, schedule: NoiseSchedule, net: FlipNet,
+                   device) -> DecodedIdentityLoss | None:
+    """The restore-mode identity term of ``cfg`` (decoding with ``net``'s frozen decoder, with
+    gradients), or None when its weight is 0."""
+    if not cfg.identity_weight:
+        return None
+    from flipnet.faces.dlib_resnet import IdentityLoss
+
+    decode = (net.autoencoder.decode if net.autoencoder is not None
+              else lambda z: z.clamp(-1.0, 1.0))
+    return DecodedIdentityLoss(schedule, decode, IdentityLoss().to(device),
+                               weight=cfg.identity_weight, count=cfg.identity_batch,
+                               max_t=cfg.identity_max_t)
+
+
 def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int, n_degrade: int,
                 accelerator) -> bytes:
     f = cfg.flipnet
@@ -331,7 +390,8 @@ def _model_card(cfg: FlipNetTrainConfig, progress: TrainProgress, n_restore: int
             f"injections at {list(f.injection_resolutions) or 'none'} px\n- condition stream: "
             f"{f.condition_stream}, at {cond_t}, its loss {condition_loss_on(cfg)}; sampling "
             f"start {f.start}\n- training: {progress.step} steps, batch {cfg.batch_size} per "
-            f"mode, lr {cfg.lr}, EMA {cfg.ema_decay}\n- wall time: "
+            f"mode, lr {cfg.lr}, EMA {cfg.ema_decay}, identity term x{cfg.identity_weight} "
+            f"(t < {cfg.identity_max_t}, {cfg.identity_batch} per batch)\n- wall time: "
             f"{progress.wall_seconds / 60:.1f} min on {hardware_name(accelerator)}\n"
             f"- final loss: {progress.last_loss:.4f}\n- terms: UTKFace/LFW-derived: "
             "non-commercial research use only.\n").encode()
