@@ -25,7 +25,7 @@ from tiny_flipnet import (  # noqa: F401 (fixture)
 
 from flipnet.diffusion.flipnet_sampling import flipnet_degrade, flipnet_restore
 from flipnet.diffusion.schedules import make_schedule
-from flipnet.errors import ConfigError, WeightsError
+from flipnet.errors import ConfigError, FlipnetError, WeightsError
 from flipnet.models.boosthub import BoostHubProcessor
 from flipnet.models.flipnet import FlipNet, FlipNetConfig, load_flipnet, save_flipnet
 from flipnet.models.prior import save_prior
@@ -429,3 +429,13 @@ def test_finetune_accepts_flipnet_as_the_restorer(train_setup, straight_run, tmp
     emb = [k for k in a if k.startswith("embedder.")]  # issue 17: the frozen embedder is kept
     assert emb and all(torch.equal(a[k], b[k]) for k in emb)
     assert f"started from `{start}`" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_finetune_refuses_gan_real_for_a_flipnet_folder(train_setup, straight_run, tmp_path):
+    from flipnet.training.finetune import FinetuneConfig, finetune_on_pairs
+
+    (tmp_path / "pairs" / "target").mkdir(parents=True)
+    with pytest.raises(FlipnetError, match="--gan-real is for fast restorers"):
+        finetune_on_pairs(FinetuneConfig(restorer=str(straight_run / "flipnet"),
+                                         gan_real=str(tmp_path), out=str(tmp_path / "ft")),
+                          tmp_path / "pairs")

@@ -300,3 +300,32 @@ def test_training_draws_with_the_group_weights(faces, tmp_path, monkeypatch):
     train_restorer(_cfg(faces, tmp_path / "run", steps=1, gan_weight=0.0, balance_groups=True))
     assert seen == [[1.0 / 17] * 17]
     assert "group-balanced" in (tmp_path / "run" / "restorer" / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_the_discriminator_sees_gan_real_dir_faces_as_real(pairs_dir, faces, tmp_path,
+                                                          monkeypatch):
+    from flipnet.io import to_tensor
+    from flipnet.training import restorer as module
+
+    seen, forward = [], module.PatchDiscriminator.forward
+
+    def spy(self, x):
+        seen.append(x.detach().clone())
+        return forward(self, x)
+
+    monkeypatch.setattr(module.PatchDiscriminator, "forward", spy)
+    folder = train_restorer(_cfg("unused", tmp_path / "run", pairs_dir=str(pairs_dir), steps=2,
+                                 gan_start=0, gan_real_dir=str(faces)))
+    _, pixels = load_faces(faces, 32, progress=False)
+    known = to_tensor(pixels)
+    known = torch.cat([known, known.flip(-1)])  # the real side is drawn with flips too
+    _, targets = fixed_pairs(PairFolder(pairs_dir, 32, progress=False), 8, seed=0)
+    # each step: disc(restored) for the restorer, then disc(real), disc(restored) for itself
+    assert len(seen) == 6
+    for real in (seen[1], seen[4]):
+        for face in real:
+            gap = (known - face).abs().flatten(1).amax(1)
+            assert float(gap.min()) < 1e-5  # one of gan_real_dir's faces ...
+            assert float((targets - face).abs().flatten(1).amax(1).min()) > 0.1  # ... no target
+    assert f"real side: `{faces}`" in (folder / "MODEL_CARD.md").read_text()

@@ -45,6 +45,9 @@ class FinetuneConfig:
     perceptual: str = field(default="auto", metadata={
         "help": "Perceptual term: auto (prior features when the prior exists) | prior | none."})
     gan_weight: float = field(default=0.01, metadata={"help": "Adversarial weight."})
+    gan_real: str | None = field(default=None, metadata={
+        "help": "Aligned real HQ faces the discriminator sees as real (train split) instead of "
+                "the pseudo targets."})
     max_minutes: float = field(default=0.0, metadata={"help": "Stop after this wall time (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed of pseudo targets and training."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps."})
@@ -63,6 +66,9 @@ def finetune_on_pairs(cfg: FinetuneConfig, pairs: str | Path) -> Path:
                            "(flipnet pseudo-targets, or flipnet finetune which does both)")
     init = _portable(resolve_weights(cfg.restorer))
     if folder_config_class(init) == "FlipNetConfig":
+        if cfg.gan_real:
+            raise FlipnetError(f"{init}: a FLIPNET folder fine-tunes with its diffusion loss, "
+                               "which has no discriminator; --gan-real is for fast restorers")
         return _finetune_flipnet(cfg, init, pseudo)
     from flipnet.models.restorer import load_restorer
 
@@ -72,6 +78,7 @@ def finetune_on_pairs(cfg: FinetuneConfig, pairs: str | Path) -> Path:
         base, pairs_dir=str(pseudo), out_dir=str(out / "train"), restorer=rcfg,
         init_from=str(init), lr=cfg.lr, warmup_steps=0, steps=cfg.steps,
         batch_size=cfg.batch_size, gan_weight=cfg.gan_weight, gan_start=0,
+        gan_real_dir=cfg.gan_real,
         perceptual=cfg.perceptual, prior_path=str(_portable(resolve_weights(cfg.prior))),
         max_minutes=cfg.max_minutes, seed=cfg.seed, resume=cfg.resume)
     return train_restorer(train_cfg, command=finetune_command(cfg))

@@ -13,6 +13,7 @@ test faces.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,7 @@ from flipnet.models.restorer import (
     save_restorer,
 )
 from flipnet.splits import group_balance_weights
+from flipnet.training.data import FaceFolder, ShuffleFlipSampler
 from flipnet.training.harness import (
     EMA,
     TrainingRun,
@@ -141,6 +143,10 @@ class RestorerTrainConfig:
         "step after which the discriminator trains; below gan_start it warms up before the "
         "restorer feels it (a leg starting from a restorer export starts a fresh "
         "discriminator); None = gan_start"))
+    gan_real_dir: str | None = field(default=None, metadata=_h(
+        "aligned faces the discriminator sees as real instead of the training targets (real "
+        "HQ faces when the targets are pseudo targets: fine-tuning); None = the targets"))
+    gan_real_split: str = field(default="train", metadata=_h("split of gan_real_dir"))
     sample_every: int = field(default=500, metadata=_h("EMA sample grid every N steps; 0 = off"))
     sample_count: int = field(default=8, metadata=_h("pairs in each sample grid"))
     save_every: int = field(default=500, metadata=_h("checkpoint every N steps"))
@@ -238,6 +244,19 @@ def plot_validation(val_path: Path, png: Path) -> Path | None:
                       title="restorer: held-in validation (train split, not the test split)")
 
 
+def _gan_real_batches(cfg: RestorerTrainConfig, run: TrainingRun) -> Iterator[torch.Tensor]:
+    """Endless batches of ``cfg.gan_real_dir``'s faces for the discriminator's real side, in an
+    order of their own (seed + 1), resumed exactly like the training batches."""
+    reals = FaceFolder(cfg.gan_real_dir, cfg.restorer.image_size, split=cfg.gan_real_split,
+                       progress=run.main)
+    if len(reals) < cfg.batch_size:
+        raise FlipnetError(f"{cfg.gan_real_dir}: {len(reals)} faces for the discriminator, "
+                           f"fewer than one batch ({cfg.batch_size})")
+    sampler = ShuffleFlipSampler(len(reals), seed=cfg.seed + 1, hflip=cfg.hflip)
+    loader = run.accelerator.prepare(make_loader(reals, sampler, cfg.batch_size))
+    return run.batches(loader, sampler, per_step=cfg.grad_accum)
+
+
 def _initial_model(cfg: RestorerTrainConfig) -> Restorer:
     """A fresh restorer, or the weights of ``init_from`` (same config, or deepened from it)."""
     if not cfg.init_from:
@@ -325,7 +344,9 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
         f"torch port of dlib's ResNet) x{cfg.identity_weight}; GAN ({cfg.gan_loss}, "
         f"PatchGAN) x{cfg.gan_weight} from step {cfg.gan_start}"
         + (f", discriminator from step {cfg.disc_start}"
-           if cfg.disc_start is not None and cfg.disc_start < cfg.gan_start else "")),
+           if cfg.disc_start is not None and cfg.disc_start < cfg.gan_start else "")
+        + (f", real side: `{cfg.gan_real_dir}` (split {cfg.gan_real_split})"
+           if cfg.gan_real_dir else "")),
         f"- training: {progress.step} steps, batch {cfg.batch_size} x {cfg.grad_accum}, lr "
         f"{cfg.lr} ({cfg.lr_schedule}), EMA {cfg.ema_decay}, grad clip {cfg.grad_clip}, mixed "
         f"precision {cfg.mixed_precision}, seed {cfg.seed}"
@@ -377,6 +398,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                                                                  loader)
     else:
         model, opt, loader = accelerator.prepare(model, opt, loader)
+    real_batches = _gan_real_batches(cfg, run) if use_gan and cfg.gan_real_dir else None
     perceptual_kind = resolve_perceptual(cfg.perceptual, prior_path=cfg.prior_path)
     perceptual = make_perceptual_loss(perceptual_kind, prior_path=cfg.prior_path,
                                       prior_t=cfg.prior_t, lpips_net=cfg.lpips_net,
@@ -439,7 +461,9 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                 # discriminator step: real HQ vs restored
                 if disc_on:
                     disc.requires_grad_(True)
-                    d_loss = gan_discriminator_loss(disc(hq), disc(pred.detach()), cfg.gan_loss)
+                    real = hq if real_batches is None else next(real_batches)
+                    d_loss = gan_discriminator_loss(disc(real), disc(pred.detach()),
+                                                    cfg.gan_loss)
                     run.check_finite(d_loss.detach(), step, what="discriminator loss")
                     accelerator.backward(d_loss)
                     if accelerator.sync_gradients and cfg.grad_clip:
