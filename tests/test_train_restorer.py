@@ -329,3 +329,23 @@ def test_the_discriminator_sees_gan_real_dir_faces_as_real(pairs_dir, faces, tmp
             assert float(gap.min()) < 1e-5  # one of gan_real_dir's faces ...
             assert float((targets - face).abs().flatten(1).amax(1).min()) > 0.1  # ... no target
     assert f"real side: `{faces}`" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_cpu_hours_count_the_threads_torch_computes_with():
+    from flipnet.training.harness import cpu_hours
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # a config's `threads: 0` (torch's default) once counted as 1 thread
+        assert cpu_hours(1800) == pytest.approx(1.0)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.filterwarnings("ignore:skipped .*broken.png")
+def test_the_card_reports_cpu_hours_from_the_thread_count(faces, tmp_path, monkeypatch):
+    from flipnet.training import restorer as module
+
+    monkeypatch.setattr(module, "cpu_hours", lambda seconds: 12.34)
+    folder = train_restorer(_cfg(faces, tmp_path / "run", steps=2, threads=0))
+    assert ": 12.34 CPU-hours" in (folder / "MODEL_CARD.md").read_text()

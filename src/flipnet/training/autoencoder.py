@@ -45,6 +45,7 @@ from flipnet.training.harness import (
     TrainProgress,
     append_log,
     cosine_decay_lr,
+    cpu_hours,
     every,
     hardware_name,
     make_loader,
@@ -255,7 +256,7 @@ def _model_card(cfg: AutoencoderTrainConfig, progress: TrainProgress, *, n_image
          f"({cfg.lr_schedule}, warmup {cfg.warmup_steps}), EMA {cfg.ema_decay}, grad clip "
          f"{cfg.grad_clip}, mixed precision {cfg.mixed_precision}, seed {cfg.seed}"),
         (f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
-         f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads)"),
+         f"{cpu_hours(progress.wall_seconds):.2f} CPU-hours (wall x threads)"),
         f"- command: `{command or 'train_autoencoder(cfg), see train_config.json'}`",
         *([f"- started from `{cfg.init_from}` (its CPU-hours are in its own card)"
            + ("; encoder frozen, decoder trained (the latents are unchanged; the KL term is "

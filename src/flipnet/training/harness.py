@@ -346,6 +346,12 @@ def endless_batches(accelerator, loader, sampler, consumed: int):
         epoch, skip = epoch + 1, 0
 
 
+def cpu_hours(wall_seconds: float) -> float:
+    """Wall time x the torch threads this process computes with (its CPU-hours on a CPU run;
+    ``threads: 0`` in a config means torch's default, which this counts, not 1)."""
+    return wall_seconds / 3600 * torch.get_num_threads()
+
+
 def hardware_name(accelerator) -> str:
     """What trained it, for model cards: GPUs by name, else the CPU and its thread count."""
     import platform

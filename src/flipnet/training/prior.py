@@ -33,6 +33,7 @@ from flipnet.training.harness import (
     TrainingRun,
     TrainProgress,
     cosine_decay_lr,
+    cpu_hours,
     hardware_name,
     make_loader,
     run_from_argv,
@@ -119,7 +120,7 @@ def _model_card(cfg: PriorTrainConfig, progress: TrainProgress, n_images: int, n
             f"- training: {progress.step} steps, batch {cfg.batch_size} x {cfg.grad_accum}, "
             f"lr {cfg.lr}, EMA {cfg.ema_decay}, mixed precision {cfg.mixed_precision}\n"
             f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
-            f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads; "
+            f"{cpu_hours(progress.wall_seconds):.2f} CPU-hours (wall x threads; "
             "the autoencoder's are in its own card)\n"
             + (f"- started from `{cfg.init_from}` (its CPU-hours are in its own card)\n"
                if cfg.init_from else "")

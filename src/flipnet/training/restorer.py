@@ -42,6 +42,7 @@ from flipnet.training.harness import (
     TrainProgress,
     append_log,
     cosine_decay_lr,
+    cpu_hours,
     hardware_name,
     make_loader,
     run_from_argv,
@@ -352,7 +353,7 @@ def _model_card(cfg: RestorerTrainConfig, progress: TrainProgress, *, n_pairs: i
         f"precision {cfg.mixed_precision}, seed {cfg.seed}"
         + (f", initialised from `{cfg.init_from}`" if cfg.init_from else ""),
         f"- wall time: {progress.wall_seconds / 60:.1f} min on {hardware}: "
-        f"{progress.wall_seconds / 3600 * max(1, cfg.threads):.2f} CPU-hours (wall x threads; "
+        f"{cpu_hours(progress.wall_seconds):.2f} CPU-hours (wall x threads; "
         "runs that continue from an export add theirs, see below)",
         f"- command: `{command or 'train_restorer(cfg), see train_config.json'}`",
         "- final losses (mean of the last 20 log lines): "
