@@ -35,6 +35,7 @@ from flipnet.io import (
     to_uint8,
     write_bytes_atomic,
 )
+from flipnet.weights import DEFAULT_WEIGHTS
 
 PARAMS_FILE = "params.json"
 
@@ -51,7 +52,7 @@ class DegradeConfig:
         "help": "centre-crop to a square and resize to SIZE x SIZE before degrading"})
     batch_size: int = field(default=32, metadata={"help": "images degraded together"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    weights: str = field(default="flipnet-latent-128", metadata={
+    weights: str = field(default=DEFAULT_WEIGHTS["flipnet"], metadata={
         "help": "--method flipnet: FLIPNET weights folder (path or name under weights/)"})
     steps: int = field(default=50, metadata={"help": "--method flipnet: sampling steps"})
     sampler: str = field(default="ddim", metadata={

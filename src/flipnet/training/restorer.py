@@ -13,7 +13,6 @@ test faces.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -245,17 +244,16 @@ def plot_validation(val_path: Path, png: Path) -> Path | None:
                       title="restorer: held-in validation (train split, not the test split)")
 
 
-def _gan_real_batches(cfg: RestorerTrainConfig, run: TrainingRun) -> Iterator[torch.Tensor]:
-    """Endless batches of ``cfg.gan_real_dir``'s faces for the discriminator's real side, in an
-    order of their own (seed + 1), resumed exactly like the training batches."""
+def _gan_real_loader(cfg: RestorerTrainConfig, run: TrainingRun) -> tuple:
+    """(prepared loader, sampler) of ``cfg.gan_real_dir``'s faces for the discriminator's real
+    side, in an order of their own (seed + 1); ``run.batches`` of them after the resume."""
     reals = FaceFolder(cfg.gan_real_dir, cfg.restorer.image_size, split=cfg.gan_real_split,
                        progress=run.main)
     if len(reals) < cfg.batch_size:
         raise FlipnetError(f"{cfg.gan_real_dir}: {len(reals)} faces for the discriminator, "
                            f"fewer than one batch ({cfg.batch_size})")
     sampler = ShuffleFlipSampler(len(reals), seed=cfg.seed + 1, hflip=cfg.hflip)
-    loader = run.accelerator.prepare(make_loader(reals, sampler, cfg.batch_size))
-    return run.batches(loader, sampler, per_step=cfg.grad_accum)
+    return run.accelerator.prepare(make_loader(reals, sampler, cfg.batch_size)), sampler
 
 
 def _initial_model(cfg: RestorerTrainConfig) -> Restorer:
@@ -399,7 +397,7 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                                                                  loader)
     else:
         model, opt, loader = accelerator.prepare(model, opt, loader)
-    real_batches = _gan_real_batches(cfg, run) if use_gan and cfg.gan_real_dir else None
+    real_loader = _gan_real_loader(cfg, run) if use_gan and cfg.gan_real_dir else None
     perceptual_kind = resolve_perceptual(cfg.perceptual, prior_path=cfg.prior_path)
     perceptual = make_perceptual_loss(perceptual_kind, prior_path=cfg.prior_path,
                                       prior_t=cfg.prior_t, lpips_net=cfg.lpips_net,
@@ -434,6 +432,8 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                "perceptual": cfg.perceptual_weight, "identity": cfg.identity_weight,
                "gan_g": cfg.gan_weight}
     batches = run.batches(loader, sampler, per_step=cfg.grad_accum)
+    real_batches = (None if real_loader is None
+                    else run.batches(*real_loader, per_step=cfg.grad_accum))
     for step in run.steps(cfg.steps, desc="restorer", save_samples=samples_and_validation):
         lr = set_lr(opt, _lr_at(cfg, step))
         gan_on = use_gan and step > cfg.gan_start
@@ -459,10 +459,11 @@ def train_restorer(cfg: RestorerTrainConfig, *, command: str | None = None) -> P
                     parts["gan_g"] = gan_generator_loss(disc(pred), cfg.gan_loss)
                 loss = sum(weights[k] * v for k, v in parts.items())
                 run.optimizer_step(loss, opt, model.parameters(), step, grad_clip=cfg.grad_clip)
-                # discriminator step: real HQ vs restored
+                # discriminator step: real HQ vs restored (a gan_real_dir batch is drawn every
+                # micro-step, so a resumed run skips exactly the batches an unbroken one drew)
+                real = hq if real_batches is None else next(real_batches)
                 if disc_on:
                     disc.requires_grad_(True)
-                    real = hq if real_batches is None else next(real_batches)
                     d_loss = gan_discriminator_loss(disc(real), disc(pred.detach()),
                                                     cfg.gan_loss)
                     run.check_finite(d_loss.detach(), step, what="discriminator loss")
