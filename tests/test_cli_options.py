@@ -165,3 +165,11 @@ def test_export_then_restore_with_the_onnx_backend(tmp_path, astronaut, monkeypa
     assert (tmp_path / "o" / "restored_imgs" / "a.png").exists()
     r = CliRunner().invoke(cli, [*args, "--method", "input"])
     assert isinstance(r.exception, ConfigError) and "--backend onnx" in str(r.exception)
+
+
+def test_model_cards_record_the_command_as_typed_not_the_venv_path(monkeypatch):
+    from flipnet.cli import invocation
+
+    monkeypatch.setattr(sys, "argv", ["/some/venv/bin/flipnet", "train", "restorer", "--config",
+                                      "configs/x.json"])
+    assert invocation() == "flipnet train restorer --config configs/x.json"

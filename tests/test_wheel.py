@@ -26,9 +26,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
-# the shipped fp16 weights are ~27 MiB (the default latent prior's UNet alone is 14 MiB); the cap
+# the shipped fp16 weights are ~41 MiB compressed (the default latent prior's UNet alone is 14 MiB;
+# three 1.8 M-parameter restorer variants, fidelity / default / texture, 3.6 MiB each); the cap
 # catches checkpoints, optimizer states or data shipped by mistake
-MAX_WHEEL_BYTES = 40 * 2**20
+MAX_WHEEL_BYTES = 52 * 2**20
 pytestmark = pytest.mark.slow
 
 

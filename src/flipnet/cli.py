@@ -21,6 +21,12 @@ from flipnet.errors import FlipnetError
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
+def invocation() -> str:
+    """The command line as a user would type it (``flipnet train ...``), for model cards: the
+    entry point's absolute path (a venv's ``.../bin/flipnet``) says nothing on another machine."""
+    return " ".join(["flipnet", *sys.argv[1:]])
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="flipnet")
 def cli() -> None:
@@ -299,7 +305,7 @@ def train_restorer_cmd(dry_run, **kwargs) -> None:
     cfg = resolve_config(RestorerTrainConfig, kwargs)
     if dry_run:
         return print_config(cfg)
-    click.echo(f"restorer exported to {train_restorer(cfg, command=' '.join(sys.argv))}")
+    click.echo(f"restorer exported to {train_restorer(cfg, command=invocation())}")
 
 
 @train.command(name="autoencoder", cls=ConfigCommand,
@@ -311,7 +317,7 @@ def train_autoencoder_cmd(dry_run, **kwargs) -> None:
     cfg = resolve_config(AutoencoderTrainConfig, kwargs)
     if dry_run:
         return print_config(cfg)
-    click.echo(f"autoencoder exported to {train_autoencoder(cfg, command=' '.join(sys.argv))}")
+    click.echo(f"autoencoder exported to {train_autoencoder(cfg, command=invocation())}")
 
 
 @train.command(name="face-locator", cls=ConfigCommand,
@@ -323,7 +329,7 @@ def train_face_locator_cmd(dry_run, **kwargs) -> None:
     cfg = resolve_config(FaceLocatorTrainConfig, kwargs)
     if dry_run:
         return print_config(cfg)
-    click.echo(f"face locator exported to {train_face_locator(cfg, command=' '.join(sys.argv))}")
+    click.echo(f"face locator exported to {train_face_locator(cfg, command=invocation())}")
 
 
 @cli.command(name="pseudo-targets", cls=ConfigCommand,
